@@ -1,0 +1,97 @@
+/**
+ * Host verbs: `kvm-manager-agent call METHOD [JSON] --socket S` and one verb
+ * per method (`kvm-manager-agent get_info --socket S`), generated from the
+ * schema table so every new method is reachable from the shell.
+ */
+import { parseArgs } from "node:util";
+import { AgentClient, AgentRpcError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
+import { isMethodName, METHOD_NAMES, METHODS, type MethodName } from "../schema/methods.ts";
+import { UsageError } from "./agent-args.ts";
+import { renderHuman } from "./render.ts";
+
+/** Accepts snake_case or kebab-case: get_info, get-info. */
+export function hostMethod(verb: string): MethodName | undefined {
+  const name = verb.replaceAll("-", "_");
+  return isMethodName(name) ? name : undefined;
+}
+
+export const HOST_USAGE = `Host commands (talk to an agent through the VM's chardev unix socket):
+  kvm-manager-agent call METHOD [PARAMS_JSON] --socket PATH [--json] [--timeout MS] [--wait MS]
+  kvm-manager-agent METHOD [PARAMS_JSON] --socket PATH ...   (METHOD: ${METHOD_NAMES.join(", ")})
+  kvm-manager-agent methods                                  list methods and what they do
+
+  --socket PATH   unix socket of the VM's port (QEMU -chardev socket,path=PATH) or of an agent on unix-listen
+  --json          print the raw JSON result instead of the human rendering
+  --timeout MS    per-call timeout (default ${DEFAULT_TIMEOUT_MS})
+  --wait MS       first wait up to MS for the agent to answer (the VM may still be booting)
+
+Exit status: 0 on success, 1 when the agent answered with an error, 2 on usage errors, 3 when the agent could not be reached.`;
+
+export function listMethods(): string {
+  return METHOD_NAMES.map((name) => `${name.padEnd(12)} ${METHODS[name].summary}`).join("\n");
+}
+
+/** Runs a host verb; returns the process exit code. */
+export async function runHostCommand(verb: string, argv: string[], out = console.log, err = console.error): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: true,
+      options: {
+        socket: { type: "string", short: "s" },
+        json: { type: "boolean" },
+        timeout: { type: "string" },
+        wait: { type: "string" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const positionals = [...parsed.positionals];
+  const methodArg = verb === "call" ? positionals.shift() : verb;
+  if (methodArg === undefined) throw new UsageError("call needs a METHOD");
+  const method = hostMethod(methodArg);
+  if (!method) throw new UsageError(`unknown method '${methodArg}'; known: ${METHOD_NAMES.join(", ")}`);
+  if (positionals.length > 1) throw new UsageError(`unexpected arguments: ${positionals.slice(1).join(" ")}`);
+  let params: object = {};
+  if (positionals[0] !== undefined) {
+    try {
+      params = JSON.parse(positionals[0]);
+    } catch (error) {
+      throw new UsageError(`PARAMS_JSON is not valid JSON: ${(error as Error).message}`);
+    }
+    if (typeof params !== "object" || params === null || Array.isArray(params)) throw new UsageError("PARAMS_JSON must be a JSON object");
+  }
+  const socket = parsed.values.socket;
+  if (!socket) throw new UsageError("--socket PATH is required");
+  const timeoutMs = positiveInt(parsed.values.timeout, "--timeout") ?? DEFAULT_TIMEOUT_MS;
+  const waitMs = positiveInt(parsed.values.wait, "--wait");
+
+  let client: AgentClient;
+  try {
+    client = await AgentClient.connect(socket, { timeoutMs });
+  } catch (error) {
+    err(`kvm-manager-agent: ${(error as Error).message}`);
+    return 3;
+  }
+  try {
+    if (waitMs !== undefined) await client.waitReady({ timeoutMs: waitMs });
+    const result = await client.call(method, params as never);
+    out(parsed.values.json ? JSON.stringify(result) : renderHuman(result));
+    return 0;
+  } catch (error) {
+    err(`kvm-manager-agent: ${(error as Error).message}`);
+    return error instanceof AgentRpcError ? 1 : 3;
+  } finally {
+    client.close();
+  }
+}
+
+function positiveInt(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} must be a positive integer of milliseconds (got '${value}')`);
+  return n;
+}

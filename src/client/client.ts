@@ -1,0 +1,186 @@
+/**
+ * Host-side client: connects to the unix socket of the VM's chardev (or to an
+ * agent on unix-listen) and calls methods with the types of src/schema.
+ */
+import { FrameDecoder, encodeFrame, type FrameSink } from "../protocol/framing.ts";
+import type { RequestId, Response } from "../protocol/jsonrpc.ts";
+import { METHOD_NAMES, METHODS, describeIssues, type MethodName, type ParamsInput, type Result } from "../schema/methods.ts";
+import { socketHandlers, type SocketConnection } from "../transport/socket-connection.ts";
+import type { Connection, ConnectionHandler } from "../transport/transport.ts";
+
+export const DEFAULT_TIMEOUT_MS = 30_000;
+/** Replies can be as large as the agent's max_frame_bytes allows; accept up to 1 GiB. */
+const CLIENT_MAX_FRAME_BYTES = 1024 * 1024 * 1024;
+
+export interface CallOptions {
+  timeoutMs?: number;
+}
+
+/** The agent answered with a JSON-RPC error; `code` is from docs/protocol.md. */
+export class AgentRpcError extends Error {
+  constructor(
+    readonly method: string,
+    readonly code: number,
+    message: string,
+    readonly data?: unknown,
+  ) {
+    super(`${method}: ${message} (code ${code})`);
+    this.name = "AgentRpcError";
+  }
+}
+
+export class AgentTimeoutError extends Error {
+  constructor(
+    readonly method: string,
+    readonly timeoutMs: number,
+  ) {
+    super(`${method}: no answer from the agent within ${timeoutMs} ms`);
+    this.name = "AgentTimeoutError";
+  }
+}
+
+export class AgentConnectionError extends Error {
+  override name = "AgentConnectionError";
+}
+
+interface Pending {
+  method: MethodName;
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}` ? `${Head}${Capitalize<CamelCase<Tail>>}` : S;
+
+/** One typed method per RPC: client.ping(), client.getInfo(), ... */
+export type MethodCalls = {
+  [M in MethodName as CamelCase<M>]: {} extends ParamsInput<M>
+    ? (params?: ParamsInput<M>, options?: CallOptions) => Promise<Result<M>>
+    : (params: ParamsInput<M>, options: CallOptions | undefined) => Promise<Result<M>>;
+};
+
+export function camelCase(name: string): string {
+  return name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+}
+
+export interface AgentClient extends MethodCalls {}
+
+export class AgentClient implements ConnectionHandler, FrameSink {
+  private readonly decoder = new FrameDecoder(this, CLIENT_MAX_FRAME_BYTES);
+  private readonly pending = new Map<RequestId, Pending>();
+  private nextId = 1;
+  private connection: Connection | null = null;
+  private closedError: Error | null = null;
+
+  private constructor(private readonly defaultTimeoutMs: number) {}
+
+  /** Connect to a unix socket: QEMU's chardev socket for the VM's port, or an agent on unix-listen. */
+  static async connect(socketPath: string, options: { timeoutMs?: number } = {}): Promise<AgentClient> {
+    const client = new AgentClient(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    try {
+      await Bun.connect<SocketConnection | undefined>({
+        unix: socketPath,
+        socket: socketHandlers("client", (connection) => {
+          client.connection = connection;
+          return client;
+        }),
+      });
+    } catch (error) {
+      throw new AgentConnectionError(`cannot connect to ${socketPath}: ${(error as Error).message}`);
+    }
+    return client;
+  }
+
+  /**
+   * Ping until the agent answers: the chardev socket accepts connections
+   * before the guest has booted, so a connection alone proves nothing.
+   */
+  async waitReady({ timeoutMs = 60_000, attemptMs = 1_000 } = {}): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new AgentTimeoutError("waitReady", timeoutMs);
+      try {
+        await this.call("ping", {}, { timeoutMs: Math.min(attemptMs, left) });
+        return;
+      } catch (error) {
+        if (!(error instanceof AgentTimeoutError)) throw error;
+      }
+    }
+  }
+
+  call<M extends MethodName>(method: M, params?: ParamsInput<M>, options: CallOptions = {}): Promise<Result<M>> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    return new Promise<Result<M>>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new AgentTimeoutError(method, timeoutMs));
+      }, timeoutMs);
+      this.pending.set(id, { method, resolve: resolve as (value: unknown) => void, reject, timer });
+      this.connection!.send(encodeFrame(JSON.stringify({ jsonrpc: "2.0", id, method, params: params ?? {} })));
+    });
+  }
+
+  /** A notification: no reply, no error report. */
+  notify<M extends MethodName>(method: M, params?: ParamsInput<M>): void {
+    if (this.closedError) throw this.closedError;
+    this.connection!.send(encodeFrame(JSON.stringify({ jsonrpc: "2.0", method, params: params ?? {} })));
+  }
+
+  close(): void {
+    this.connection?.close();
+    this.failAll(new AgentConnectionError("client closed"));
+  }
+
+  onData(chunk: Uint8Array): void {
+    this.decoder.push(chunk);
+  }
+
+  onClose(): void {
+    this.failAll(new AgentConnectionError("connection to the agent closed"));
+  }
+
+  onOversizedFrame(length: number): void {
+    this.connection?.close();
+    this.failAll(new AgentConnectionError(`agent sent a frame of ${length} bytes, above the client's limit`));
+  }
+
+  onFrame(payload: Uint8Array): void {
+    let message: Response;
+    try {
+      message = JSON.parse(new TextDecoder().decode(payload)) as Response;
+    } catch {
+      return; // Not ours to answer; a garbled reply fails its call by timeout.
+    }
+    const pending = this.pending.get(message.id);
+    if (!pending) return; // Late reply to a call that already timed out, or an error without an id.
+    this.pending.delete(message.id);
+    clearTimeout(pending.timer);
+    if ("error" in message) {
+      pending.reject(new AgentRpcError(pending.method, message.error.code, message.error.message, message.error.data));
+      return;
+    }
+    const checked = METHODS[pending.method].result.safeParse(message.result);
+    if (checked.success) pending.resolve(checked.data);
+    else pending.reject(new AgentConnectionError(`${pending.method}: reply does not match the schema: ${describeIssues(checked.error)}`));
+  }
+
+  private failAll(error: Error): void {
+    this.closedError ??= error;
+    for (const pending of this.pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(error);
+    }
+    this.pending.clear();
+  }
+}
+
+for (const name of METHOD_NAMES) {
+  Object.defineProperty(AgentClient.prototype, camelCase(name), {
+    value(this: AgentClient, params?: object, options?: CallOptions) {
+      return this.call(name, params as never, options);
+    },
+  });
+}

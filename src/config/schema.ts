@@ -1,0 +1,63 @@
+/**
+ * config.toml: parsed with smol-toml, validated here. Every key has a safe
+ * default, so a missing file means a locked-down agent on the default port.
+ */
+import { z } from "zod";
+import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/framing.ts";
+
+export const TRANSPORT_TYPES = ["virtio-serial", "unix-listen", "vsock-listen", "stdio"] as const;
+export type TransportType = (typeof TRANSPORT_TYPES)[number];
+
+export const DEFAULT_VIRTIO_PORT = process.platform === "win32"
+  ? "\\\\.\\Global\\org.kvmmanager.agent.0"
+  : "/dev/virtio-ports/org.kvmmanager.agent.0";
+
+export const DEFAULT_CONFIG_PATH = process.platform === "win32"
+  ? `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\config.toml`
+  : "/etc/kvm-manager-agent/config.toml";
+
+const DEFAULT_AUDIT_FILE = process.platform === "win32"
+  ? `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\audit.jsonl`
+  : "/var/log/kvm-manager-agent/audit.jsonl";
+
+export const DEFAULT_VSOCK_PORT = 9100;
+
+const absolutePath = z.string().min(1).refine((p) => /^(\/|[A-Za-z]:\\)/.test(p), "must be an absolute path");
+
+export const configSchema = z.strictObject({
+  transport: z
+    .strictObject({
+      type: z.enum(TRANSPORT_TYPES).default("virtio-serial"),
+      path: z.string().min(1).default(DEFAULT_VIRTIO_PORT).describe("Device path (virtio-serial) or socket path (unix-listen)"),
+      vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_VSOCK_PORT),
+    })
+    .prefault({}),
+  security: z
+    .strictObject({
+      enable_exec: z.boolean().default(false),
+      allowed_commands: z.array(z.string().min(1)).default([]),
+      enable_file_copy: z.boolean().default(true),
+      allowed_file_paths: z.array(absolutePath).default(["/tmp", "/var/tmp"]),
+    })
+    .prefault({}),
+  limits: z
+    .strictObject({
+      max_frame_bytes: z.number().int().min(1024).max(0xffffffff).default(DEFAULT_MAX_FRAME_BYTES),
+      max_in_flight: z.number().int().min(1).max(4096).default(64),
+      max_batch_requests: z.number().int().min(1).max(100_000).default(1024),
+    })
+    .prefault({}),
+  logging: z
+    .strictObject({
+      level: z.enum(["debug", "info", "warn", "error"]).default("info"),
+      format: z.enum(["json", "text"]).default("json"),
+      audit_file: z.string().default(DEFAULT_AUDIT_FILE).describe("JSON-lines audit log; empty string turns the file off"),
+    })
+    .prefault({}),
+});
+
+export type AgentConfig = z.output<typeof configSchema>;
+
+export function defaultConfig(): AgentConfig {
+  return configSchema.parse({});
+}

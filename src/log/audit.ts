@@ -1,0 +1,52 @@
+/**
+ * Audit trail: one JSON line per call — when, which connection, which method
+ * and id, the outcome and how long it took. Params and results are never
+ * written: they may hold file contents or secrets.
+ */
+import { mkdirSync, openSync } from "node:fs";
+import { dirname } from "node:path";
+import type { FileSink } from "bun";
+
+export interface AuditRecord {
+  method: string;
+  id: string | number | null | undefined;
+  transport: string;
+  outcome: "ok" | "error";
+  code?: number;
+  duration_ms: number;
+}
+
+export interface AuditLog {
+  record(entry: AuditRecord): void;
+  /** Flush buffered lines; called on shutdown. */
+  close(): Promise<void>;
+}
+
+export const noAudit: AuditLog = { record() {}, async close() {} };
+
+const FLUSH_INTERVAL_MS = 200;
+
+/** Append-only JSON-lines file; lines are buffered and flushed every 200 ms. */
+export function openAuditFile(path: string): AuditLog {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  // Bun's writer truncates a path it opens itself; an O_APPEND fd keeps old records.
+  const sink: FileSink = Bun.file(openSync(path, "a", 0o640)).writer({ highWaterMark: 64 * 1024 });
+  let pending = false;
+  const timer = setInterval(() => {
+    if (pending) {
+      pending = false;
+      void sink.flush();
+    }
+  }, FLUSH_INTERVAL_MS);
+  timer.unref();
+  return {
+    record(entry) {
+      sink.write(`${JSON.stringify({ ts: new Date().toISOString(), ...entry })}\n`);
+      pending = true;
+    },
+    async close() {
+      clearInterval(timer);
+      await sink.end();
+    },
+  };
+}

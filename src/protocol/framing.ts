@@ -1,0 +1,117 @@
+/**
+ * Length-prefixed framing: [u32 big-endian length][payload].
+ *
+ * The decoder is a byte-level state machine that never buffers more than one
+ * frame of at most `maxFrameBytes`. A frame whose declared length is above the
+ * limit is reported once and its payload is skipped as it streams in, so a
+ * hostile length cannot make the agent allocate or desynchronise.
+ */
+
+export const HEADER_BYTES = 4;
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** A u32 length cannot describe more than this. */
+export const MAX_ENCODABLE_FRAME_BYTES = 0xffff_ffff;
+
+export interface FrameSink {
+  /** A complete payload. The view is only valid during the call. */
+  onFrame(payload: Uint8Array): void;
+  /** A header declared `length` bytes, above the limit; its payload is being skipped. */
+  onOversizedFrame(length: number): void;
+}
+
+export class FrameDecoder {
+  private readonly header = new Uint8Array(HEADER_BYTES);
+  private headerFilled = 0;
+  private payload: Uint8Array | null = null;
+  private payloadFilled = 0;
+  private skipRemaining = 0;
+
+  constructor(
+    private readonly sink: FrameSink,
+    private readonly maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES,
+  ) {}
+
+  /** True when no partial frame is pending (used to tell a clean disconnect from a cut one). */
+  get idle(): boolean {
+    return this.headerFilled === 0 && this.payload === null && this.skipRemaining === 0;
+  }
+
+  /** Forget any partial frame: the peer went away and a new stream starts. */
+  reset(): void {
+    this.headerFilled = 0;
+    this.payload = null;
+    this.payloadFilled = 0;
+    this.skipRemaining = 0;
+  }
+
+  push(chunk: Uint8Array): void {
+    let offset = 0;
+    const end = chunk.length;
+    while (offset < end) {
+      if (this.skipRemaining > 0) {
+        const n = Math.min(this.skipRemaining, end - offset);
+        this.skipRemaining -= n;
+        offset += n;
+        continue;
+      }
+      if (this.payload !== null) {
+        const n = Math.min(this.payload.length - this.payloadFilled, end - offset);
+        this.payload.set(chunk.subarray(offset, offset + n), this.payloadFilled);
+        this.payloadFilled += n;
+        offset += n;
+        if (this.payloadFilled === this.payload.length) {
+          const payload = this.payload;
+          this.payload = null;
+          this.payloadFilled = 0;
+          this.sink.onFrame(payload);
+        }
+        continue;
+      }
+      // Fast path: a whole header in this chunk and nothing half-read.
+      let length: number;
+      if (this.headerFilled === 0 && end - offset >= HEADER_BYTES) {
+        length = readU32(chunk, offset);
+        offset += HEADER_BYTES;
+      } else {
+        const n = Math.min(HEADER_BYTES - this.headerFilled, end - offset);
+        this.header.set(chunk.subarray(offset, offset + n), this.headerFilled);
+        this.headerFilled += n;
+        offset += n;
+        if (this.headerFilled < HEADER_BYTES) continue;
+        this.headerFilled = 0;
+        length = readU32(this.header, 0);
+      }
+      if (length > this.maxFrameBytes) {
+        this.skipRemaining = length;
+        this.sink.onOversizedFrame(length);
+        continue;
+      }
+      if (end - offset >= length) {
+        // Whole payload already here: hand out a view without copying.
+        const payload = chunk.subarray(offset, offset + length);
+        offset += length;
+        this.sink.onFrame(payload);
+      } else {
+        this.payload = new Uint8Array(length);
+        this.payloadFilled = 0;
+      }
+    }
+  }
+}
+
+function readU32(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+const encoder = new TextEncoder();
+
+/** Frame a UTF-8 string or raw payload in one allocation. */
+export function encodeFrame(payload: string | Uint8Array): Uint8Array {
+  const length = typeof payload === "string" ? Buffer.byteLength(payload, "utf8") : payload.length;
+  if (length > MAX_ENCODABLE_FRAME_BYTES) throw new RangeError(`frame of ${length} bytes cannot be length-prefixed`);
+  const frame = new Uint8Array(HEADER_BYTES + length);
+  new DataView(frame.buffer).setUint32(0, length);
+  if (typeof payload === "string") encoder.encodeInto(payload, frame.subarray(HEADER_BYTES));
+  else frame.set(payload, HEADER_BYTES);
+  return frame;
+}

@@ -1,0 +1,141 @@
+/**
+ * One connection's protocol state: frames in, JSON-RPC messages dispatched
+ * with at most `maxInFlight` running at once, responses framed out in the
+ * order they finish. When the limit is reached, reading pauses so a pipelining
+ * host is slowed down instead of filling the agent's memory.
+ */
+import type { AgentConfig } from "../config/schema.ts";
+import type { Connection, ConnectionHandler } from "../transport/transport.ts";
+import type { Dispatcher } from "./dispatcher.ts";
+import { errorCode } from "./errors.ts";
+import { encodeFrame, FrameDecoder, HEADER_BYTES, type FrameSink } from "./framing.ts";
+import { errorResponse, type Response } from "./jsonrpc.ts";
+
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+export class RpcSession implements ConnectionHandler, FrameSink {
+  private readonly decoder: FrameDecoder;
+  private inFlight = 0;
+  private readonly waiting: (() => void)[] = [];
+  private pumping = false;
+  private paused = false;
+  private closed = false;
+
+  constructor(
+    private readonly connection: Connection,
+    private readonly dispatcher: Dispatcher,
+    private readonly limits: AgentConfig["limits"],
+  ) {
+    this.decoder = new FrameDecoder(this, limits.max_frame_bytes);
+  }
+
+  onData(chunk: Uint8Array): void {
+    this.decoder.push(chunk);
+  }
+
+  onClose(): void {
+    this.closed = true;
+    this.decoder.reset();
+    this.waiting.length = 0;
+  }
+
+  onOversizedFrame(length: number): void {
+    const limit = this.limits.max_frame_bytes;
+    this.send(
+      errorResponse(null, errorCode("TOO_LARGE"), `Frame of ${length} bytes is above max_frame_bytes (${limit}); its payload was discarded`, {
+        limit,
+        length,
+      }),
+    );
+  }
+
+  onFrame(payload: Uint8Array): void {
+    if (payload.length === 0) return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: empty frame"));
+    let text: string;
+    try {
+      text = utf8.decode(payload);
+    } catch {
+      return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: frame is not valid UTF-8"));
+    }
+    let message: unknown;
+    try {
+      message = JSON.parse(text);
+    } catch (error) {
+      return this.send(errorResponse(null, errorCode("PARSE_ERROR"), `Parse error: ${(error as Error).message}`));
+    }
+    if (Array.isArray(message)) return this.handleBatch(message);
+    this.schedule(message, (response) => {
+      if (response) this.send(response);
+    });
+  }
+
+  private handleBatch(items: unknown[]): void {
+    if (items.length === 0) return this.send(errorResponse(null, errorCode("INVALID_REQUEST"), "Invalid Request: empty batch"));
+    const limit = this.limits.max_batch_requests;
+    if (items.length > limit) {
+      return this.send(
+        errorResponse(null, errorCode("TOO_LARGE"), `Batch of ${items.length} requests is above max_batch_requests (${limit})`, {
+          limit,
+          length: items.length,
+        }),
+      );
+    }
+    const responses: Response[] = [];
+    let remaining = items.length;
+    for (const item of items) {
+      this.schedule(item, (response) => {
+        if (response) responses.push(response);
+        // A batch of notifications only gets no reply at all.
+        if (--remaining === 0 && responses.length > 0) this.send(responses);
+      });
+    }
+  }
+
+  private schedule(message: unknown, done: (response: Response | null) => void): void {
+    const run = () => {
+      this.inFlight++;
+      const out = this.dispatcher.handle(message, this.connection.transport);
+      if (out instanceof Promise) void out.then((response) => this.finish(response, done));
+      else this.finish(out, done);
+    };
+    if (this.inFlight < this.limits.max_in_flight) return run();
+    this.waiting.push(run);
+    if (!this.paused) {
+      this.paused = true;
+      this.connection.pause();
+    }
+  }
+
+  private finish(response: Response | null, done: (response: Response | null) => void): void {
+    this.inFlight--;
+    done(response);
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    while (this.inFlight < this.limits.max_in_flight && this.waiting.length > 0) this.waiting.shift()!();
+    this.pumping = false;
+    if (this.paused && this.waiting.length === 0 && !this.closed) {
+      this.paused = false;
+      this.connection.resume();
+    }
+  }
+
+  private send(response: Response | Response[]): void {
+    if (this.closed) return;
+    let frame = encodeFrame(JSON.stringify(response));
+    const limit = this.limits.max_frame_bytes;
+    const length = frame.length - HEADER_BYTES;
+    if (length > limit) {
+      const id = Array.isArray(response) ? null : response.id;
+      frame = encodeFrame(
+        JSON.stringify(
+          errorResponse(id, errorCode("TOO_LARGE"), `Response of ${length} bytes is above max_frame_bytes (${limit})`, { limit, length }),
+        ),
+      );
+    }
+    this.connection.send(frame);
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * One zod schema per method, for params and result: the single source of truth.
+ * The dispatcher validates with it, the host client is typed from it and
+ * docs/protocol.md is generated from it (test/protocol-doc.test.ts fails on drift).
+ */
+import { z } from "zod";
+
+/** Bumped when a method changes shape incompatibly; new methods show up in get_info instead. */
+export const PROTOCOL_VERSION = 1;
+
+export interface MethodDefinition<P extends z.ZodType, R extends z.ZodType> {
+  summary: string;
+  params: P;
+  result: R;
+}
+
+function method<P extends z.ZodType, R extends z.ZodType>(def: MethodDefinition<P, R>): MethodDefinition<P, R> {
+  return def;
+}
+
+const ipAddress = z.strictObject({
+  interface: z.string().describe("Interface name, e.g. eth0"),
+  address: z.string().describe("The address without prefix length"),
+  family: z.enum(["ipv4", "ipv6"]),
+  prefix: z.number().int().min(0).max(128).describe("Prefix length (CIDR)"),
+});
+
+export const METHODS = {
+  ping: method({
+    summary: "Liveness check. Echoes the optional payload back unchanged.",
+    params: z.strictObject({
+      payload: z.json().optional().describe("Any JSON value; returned as is"),
+    }),
+    result: z.strictObject({
+      pong: z.literal(true),
+      payload: z.json().optional().describe("The payload of the request, when one was sent"),
+    }),
+  }),
+  get_info: method({
+    summary: "Guest identity, agent and protocol versions, and the methods this agent serves with their enabled flag.",
+    params: z.strictObject({}),
+    result: z.strictObject({
+      os_type: z.enum(["linux", "windows"]),
+      os_id: z.string().describe("ID from /etc/os-release (e.g. debian), or 'windows'"),
+      os_name: z.string().describe("NAME from /etc/os-release, or the Windows product name"),
+      os_version: z.string().describe("VERSION_ID from /etc/os-release, or the Windows version"),
+      os_pretty_name: z.string().describe("PRETTY_NAME from /etc/os-release, or the Windows product name and version"),
+      kernel_release: z.string().describe("Kernel release (uname -r), or the Windows build"),
+      kernel_version: z.string().describe("Kernel version string (uname -v)"),
+      arch: z.string().describe("Machine architecture as uname -m prints it (x86_64, aarch64)"),
+      hostname: z.string(),
+      ip_addresses: z.array(ipAddress).describe("Addresses of every interface but loopback"),
+      uptime_seconds: z.number().nonnegative(),
+      agent_version: z.string(),
+      protocol_version: z.number().int(),
+      methods: z
+        .array(z.strictObject({ name: z.string(), enabled: z.boolean() }))
+        .describe("Every method this agent knows; enabled is false when the config switches it off"),
+    }),
+  }),
+} as const;
+
+export type MethodName = keyof typeof METHODS;
+export const METHOD_NAMES = Object.keys(METHODS) as MethodName[];
+
+/** What a caller sends (defaults still optional). */
+export type ParamsInput<M extends MethodName> = z.input<(typeof METHODS)[M]["params"]>;
+/** What a handler receives after validation. */
+export type Params<M extends MethodName> = z.output<(typeof METHODS)[M]["params"]>;
+export type Result<M extends MethodName> = z.output<(typeof METHODS)[M]["result"]>;
+
+export function isMethodName(name: string): name is MethodName {
+  return Object.hasOwn(METHODS, name);
+}
+
+/** "Invalid params: 'payload.size': expected number, received string" — names the field. */
+export function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      if (issue.code === "unrecognized_keys") {
+        return issue.keys.map((key) => `'${[...issue.path, key].join(".")}': unknown field`).join("; ");
+      }
+      const where = issue.path.length > 0 ? `'${issue.path.join(".")}'` : "params";
+      return `${where}: ${issue.message.replace(/^Invalid input: /, "")}`;
+    })
+    .join("; ");
+}

@@ -1,0 +1,30 @@
+/**
+ * Transports move bytes; they know nothing of framing or JSON-RPC. A transport
+ * accepts connections (a unix socket has many, a virtio-serial port one at a
+ * time) and hands each one's bytes to the handler the agent returns for it.
+ */
+export interface Connection {
+  /** For logs and audit: "unix-listen", "virtio-serial", ... */
+  readonly transport: string;
+  /** Queue bytes for the peer; the transport buffers what the peer has not taken yet. */
+  send(bytes: Uint8Array): void;
+  /** Stop delivering data until resume(): the session is full. */
+  pause(): void;
+  resume(): void;
+  close(): void;
+}
+
+export interface ConnectionHandler {
+  onData(chunk: Uint8Array): void;
+  /** The peer went away (or the connection failed); no more data follows. */
+  onClose(): void;
+}
+
+export type AcceptConnection = (connection: Connection) => ConnectionHandler;
+
+export interface Transport {
+  readonly name: string;
+  /** Resolves once the transport is listening (or waiting for its device). */
+  start(accept: AcceptConnection): Promise<void>;
+  close(): Promise<void>;
+}
