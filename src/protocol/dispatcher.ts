@@ -4,20 +4,24 @@
  */
 import type { AgentConfig } from "../config/schema.ts";
 import { ping } from "../handlers/ping.ts";
-import { getInfo } from "../info/info.ts";
+import { currentOsIdentity, getInfo } from "../info/info.ts";
+import type { OsIdentity } from "../info/os-identity.ts";
 import type { AuditLog } from "../log/audit.ts";
 import type { Logger } from "../log/logger.ts";
-import { describeIssues, isMethodName, METHOD_NAMES, METHODS, type MethodName, type Params } from "../schema/methods.ts";
+import { describeIssues, fieldIssues, isMethodName, METHOD_NAMES, METHODS, type MethodName, type Params } from "../schema/methods.ts";
 import { errorCode, RpcError } from "./errors.ts";
 import { errorResponse, isValidId, type RequestId, type Response } from "./jsonrpc.ts";
+import type { RequestHandler } from "./session.ts";
 
 export interface DispatcherDeps {
   config: AgentConfig;
   audit: AuditLog;
   logger: Logger;
+  /** The platform probe behind get_info; tests inject their own. */
+  osIdentity?: () => OsIdentity;
 }
 
-export class Dispatcher {
+export class Dispatcher implements RequestHandler {
   private readonly methodTable: { name: string; enabled: boolean }[];
 
   constructor(private readonly deps: DispatcherDeps) {
@@ -86,7 +90,7 @@ export class Dispatcher {
         return ping(this.parseParams("ping", params));
       case "get_info":
         this.parseParams("get_info", params);
-        return getInfo(this.methodTable);
+        return getInfo(this.methodTable, this.deps.osIdentity ?? currentOsIdentity);
     }
   }
 
@@ -96,9 +100,7 @@ export class Dispatcher {
     }
     const parsed = METHODS[method].params.safeParse(params ?? {});
     if (!parsed.success) {
-      throw new RpcError("INVALID_PARAMS", `Invalid params: ${describeIssues(parsed.error)}`, {
-        issues: parsed.error.issues.map((issue) => ({ path: issue.path.join("."), message: issue.message })),
-      });
+      throw new RpcError("INVALID_PARAMS", `Invalid params: ${describeIssues(parsed.error)}`, { issues: fieldIssues(parsed.error) });
     }
     return parsed.data as Params<M>;
   }

@@ -6,12 +6,16 @@
  */
 import type { AgentConfig } from "../config/schema.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
-import type { Dispatcher } from "./dispatcher.ts";
 import { errorCode } from "./errors.ts";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, type FrameSink } from "./framing.ts";
 import { errorResponse, type Response } from "./jsonrpc.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/** What the session needs of the dispatcher: one request in, its response (or null) out. */
+export interface RequestHandler {
+  handle(message: unknown, transport: string): Response | null | Promise<Response | null>;
+}
 
 export class RpcSession implements ConnectionHandler, FrameSink {
   private readonly decoder: FrameDecoder;
@@ -23,7 +27,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
 
   constructor(
     private readonly connection: Connection,
-    private readonly dispatcher: Dispatcher,
+    private readonly dispatcher: RequestHandler,
     private readonly limits: AgentConfig["limits"],
   ) {
     this.decoder = new FrameDecoder(this, limits.max_frame_bytes);

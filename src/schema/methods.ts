@@ -29,11 +29,11 @@ export const METHODS = {
   ping: method({
     summary: "Liveness check. Echoes the optional payload back unchanged.",
     params: z.strictObject({
-      payload: z.json().optional().describe("Any JSON value; returned as is"),
+      payload: z.unknown().optional().describe("Any JSON value; returned as is"),
     }),
     result: z.strictObject({
       pong: z.literal(true),
-      payload: z.json().optional().describe("The payload of the request, when one was sent"),
+      payload: z.unknown().optional().describe("The payload of the request, when one was sent"),
     }),
   }),
   get_info: method({
@@ -73,15 +73,24 @@ export function isMethodName(name: string): name is MethodName {
   return Object.hasOwn(METHODS, name);
 }
 
-/** "Invalid params: 'payload.size': expected number, received string" — names the field. */
+export interface FieldIssue {
+  /** Dotted path of the bad field, e.g. "options.size"; "" for the params object itself. */
+  path: string;
+  message: string;
+}
+
+/** One entry per bad field; an unknown key is reported at its own path. */
+export function fieldIssues(error: z.ZodError): FieldIssue[] {
+  return error.issues.flatMap((issue) =>
+    issue.code === "unrecognized_keys"
+      ? issue.keys.map((key) => ({ path: [...issue.path, key].join("."), message: "unknown field" }))
+      : [{ path: issue.path.join("."), message: issue.message.replace(/^Invalid input: /, "") }],
+  );
+}
+
+/** "'payload.size': expected number, received string; 'colour': unknown field" */
 export function describeIssues(error: z.ZodError): string {
-  return error.issues
-    .map((issue) => {
-      if (issue.code === "unrecognized_keys") {
-        return issue.keys.map((key) => `'${[...issue.path, key].join(".")}': unknown field`).join("; ");
-      }
-      const where = issue.path.length > 0 ? `'${issue.path.join(".")}'` : "params";
-      return `${where}: ${issue.message.replace(/^Invalid input: /, "")}`;
-    })
+  return fieldIssues(error)
+    .map(({ path, message }) => `${path ? `'${path}'` : "params"}: ${message}`)
     .join("; ");
 }

@@ -1,0 +1,102 @@
+/**
+ * docs/protocol.md, rendered from the method schemas and the error table.
+ * `npm run docs` writes it; test/protocol-doc.test.ts fails when the file and
+ * the schemas drift apart.
+ */
+import { z } from "zod";
+import { APPLICATION_ERRORS, JSONRPC_ERRORS } from "../protocol/errors.ts";
+import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/framing.ts";
+import { METHOD_NAMES, METHODS, PROTOCOL_VERSION } from "../schema/methods.ts";
+
+const INTRO = `# kvm-manager-agent native protocol
+
+> Generated from \`src/schema/methods.ts\` and \`src/protocol/errors.ts\` by \`npm run docs\`.
+> Do not edit by hand: the test suite fails when this file and the schemas differ.
+
+Protocol version: **${PROTOCOL_VERSION}**. Hosts detect features from \`get_info.methods\`
+(every method with an \`enabled\` flag), not from version numbers.
+
+## Transport and framing
+
+The agent listens on the virtio-serial port \`org.kvmmanager.agent.0\`
+(Linux: \`/dev/virtio-ports/org.kvmmanager.agent.0\`, Windows: \`\\\\.\\Global\\org.kvmmanager.agent.0\`);
+for tests and containers also on a unix socket, AF_VSOCK or stdin/stdout.
+Every message in both directions is one frame:
+
+| bytes | content |
+|---|---|
+| 0–3 | payload length, unsigned 32-bit big-endian |
+| 4… | payload: one UTF-8 JSON-RPC 2.0 message (object or batch array) |
+
+- Frames may be split across reads and several may arrive in one read.
+- The payload limit is \`[limits] max_frame_bytes\` (default ${DEFAULT_MAX_FRAME_BYTES} bytes). A frame above it is answered
+  with error ${APPLICATION_ERRORS.TOO_LARGE.code} (id \`null\`, \`data.limit\`, \`data.length\`) as soon as its header arrives;
+  its payload is skipped as it streams in, never buffered, and the next frame is read normally.
+- A zero-length frame, invalid UTF-8 or invalid JSON is answered with ${JSONRPC_ERRORS.PARSE_ERROR.code} (id \`null\`); the stream stays in sync.
+- A reply larger than \`max_frame_bytes\` is replaced by error ${APPLICATION_ERRORS.TOO_LARGE.code} for the same id.
+- On virtio-serial the agent resets its framing state when the host disconnects, so a host that
+  reconnects starts on a clean stream.
+
+## JSON-RPC 2.0
+
+- Requests carry \`"jsonrpc": "2.0"\`, a \`method\`, optional \`params\` (a JSON object: params are named) and an \`id\`
+  (string, number or null). A message without \`id\` is a notification: it runs but is never answered, not even with an error.
+- Batches (arrays) are answered with one array holding the replies of the requests in it, in any order;
+  a batch of only notifications gets no reply; an empty batch is ${JSONRPC_ERRORS.INVALID_REQUEST.code}.
+  A batch may hold at most \`[limits] max_batch_requests\` entries (default 1024).
+- Requests run concurrently, at most \`[limits] max_in_flight\` per connection (default 64); replies may come in any order,
+  matched by \`id\`. Past the limit the agent stops reading from the connection until calls finish.
+- Params are validated against the schemas below: unknown fields are rejected, and ${JSONRPC_ERRORS.INVALID_PARAMS.code}
+  names each bad field in \`message\` and lists them in \`data.issues\` (\`path\`, \`message\`).
+- Every call is written to the audit log (time, transport, method, id, outcome, error code, duration); params and results never are.
+`;
+
+function errorTable(): string {
+  const rows = (table: Record<string, { code: number; meaning: string }>) =>
+    Object.entries(table)
+      .map(([name, { code, meaning }]) => `| ${code} | \`${name}\` | ${meaning} |`)
+      .join("\n");
+  return `## Errors
+
+Standard JSON-RPC 2.0 errors:
+
+| code | name | meaning |
+|---|---|---|
+${rows(JSONRPC_ERRORS)}
+
+Application errors (-32000 to -32099):
+
+| code | name | meaning |
+|---|---|---|
+${rows(APPLICATION_ERRORS)}
+`;
+}
+
+function jsonSchema(schema: z.ZodType): string {
+  const { $schema: _, ...rest } = z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as Record<string, unknown>;
+  return "```json\n" + JSON.stringify(rest, null, 2) + "\n```";
+}
+
+function methodSection(name: (typeof METHOD_NAMES)[number]): string {
+  const def = METHODS[name];
+  return `### \`${name}\`
+
+${def.summary}
+
+Params:
+
+${jsonSchema(def.params)}
+
+Result:
+
+${jsonSchema(def.result)}
+`;
+}
+
+export function renderProtocolDoc(): string {
+  return `${INTRO}
+${errorTable()}
+## Methods
+
+${METHOD_NAMES.map(methodSection).join("\n")}`;
+}

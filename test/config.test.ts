@@ -1,0 +1,93 @@
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parse as parseToml } from "smol-toml";
+import { applyArgs, parseAgentArgs, UsageError } from "../src/cli/agent-args.ts";
+import { ConfigError, loadConfig, parseConfigText } from "../src/config/load.ts";
+import { defaultConfig } from "../src/config/schema.ts";
+
+const FILE = "/etc/kvm-manager-agent/config.toml";
+
+function configError(text: string): string {
+  try {
+    parseConfigText(text, FILE);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("config file", () => {
+  test("an empty file means the seed's safe defaults", () => {
+    const config = parseConfigText("", FILE);
+    expect(config.security).toEqual({ enable_exec: false, allowed_commands: [], enable_file_copy: true, allowed_file_paths: ["/tmp", "/var/tmp"] });
+    expect(config.transport).toEqual({ type: "virtio-serial", path: "/dev/virtio-ports/org.kvmmanager.agent.0", vsock_port: 9100 });
+    expect(config.limits.max_frame_bytes).toBe(16 * 1024 * 1024);
+  });
+
+  test("values in the file replace defaults, section by section", () => {
+    const config = parseConfigText(
+      `[security]\nenable_exec = true\nallowed_commands = ["uptime"]\n[limits]\nmax_frame_bytes = 65536\n[transport]\ntype = "unix-listen"\npath = "/run/a.sock"\n`,
+      FILE,
+    );
+    expect(config.security.enable_exec).toBe(true);
+    expect(config.security.allowed_commands).toEqual(["uptime"]);
+    expect(config.security.enable_file_copy).toBe(true);
+    expect(config.limits).toEqual({ max_frame_bytes: 65536, max_in_flight: 64, max_batch_requests: 1024 });
+    expect(config.transport.type).toBe("unix-listen");
+  });
+
+  test("an unknown key is named with its section and the file", () => {
+    expect(configError("[security]\nenable_exce = true\n")).toBe(`${FILE}: [security] enable_exce: unknown key`);
+    expect(configError("colour = 1\n")).toBe(`${FILE}: colour: unknown key`);
+    expect(configError("[network]\nx = 1\n")).toBe(`${FILE}: network: unknown key`);
+  });
+
+  test("a wrong type is named with its key and the expected type", () => {
+    expect(configError('[security]\nenable_exec = "yes"\n')).toBe(`${FILE}: [security] enable_exec: expected boolean, received string`);
+    expect(configError("[limits]\nmax_in_flight = 0\n")).toContain("[limits] max_in_flight");
+    expect(configError('[security]\nallowed_file_paths = ["tmp"]\n')).toBe(`${FILE}: [security] allowed_file_paths.0: must be an absolute path`);
+    expect(configError('[transport]\ntype = "tcp"\n')).toContain("[transport] type");
+  });
+
+  test("broken TOML names the file and the line", () => {
+    expect(configError("[security]\nenable_exec = \n")).toMatch(/^\/etc\/kvm-manager-agent\/config\.toml: invalid TOML at line 2/);
+  });
+
+  test("a missing default file means defaults; a missing named file is an error", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kma-config-"));
+    expect(await loadConfig(join(dir, "absent.toml"), { required: false })).toEqual(defaultConfig());
+    expect(loadConfig(join(dir, "absent.toml"), { required: true })).rejects.toThrow(/does not exist/);
+    writeFileSync(join(dir, "c.toml"), "[logging]\nlevel = \"debug\"\n");
+    expect((await loadConfig(join(dir, "c.toml"), { required: true })).logging.level).toBe("debug");
+  });
+
+  test("installers/config.toml documents every key with its real default", async () => {
+    const text = await Bun.file(join(import.meta.dir, "../installers/config.toml")).text();
+    // As shipped, every key is commented out: the file means the defaults.
+    expect(parseConfigText(text, "installers/config.toml")).toEqual(defaultConfig());
+    // Switched on, the commented values are exactly the defaults, key for key.
+    const switchedOn = text.replace(/^#\s?([a-z_]+ = )/gm, "$1");
+    expect(parseToml(switchedOn)).toEqual(defaultConfig());
+  });
+});
+
+describe("command line", () => {
+  test("flags override the file", () => {
+    const args = parseAgentArgs(["--transport", "unix-listen", "--path", "/tmp/a.sock", "--log-level", "debug"]);
+    const config = applyArgs(defaultConfig(), args);
+    expect(config.transport).toEqual({ type: "unix-listen", path: "/tmp/a.sock", vsock_port: 9100 });
+    expect(config.logging.level).toBe("debug");
+    expect(config.security).toEqual(defaultConfig().security);
+  });
+
+  test("bad flags are usage errors that say what is wrong", () => {
+    expect(() => parseAgentArgs(["--transport", "tcp"])).toThrow("--transport must be one of virtio-serial, unix-listen, vsock-listen, stdio (got 'tcp')");
+    expect(() => parseAgentArgs(["--transport", "unix-listen"])).toThrow("--transport unix-listen needs --path SOCKET");
+    expect(() => parseAgentArgs(["--vsock-port", "x"])).toThrow("--vsock-port must be an integer");
+    expect(() => parseAgentArgs(["--bogus"])).toThrow(UsageError);
+    expect(() => parseAgentArgs(["--log-level", "loud"])).toThrow("--log-level must be one of");
+  });
+});

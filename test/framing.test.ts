@@ -1,0 +1,131 @@
+import { describe, expect, test } from "bun:test";
+import { encodeFrame, FrameDecoder, HEADER_BYTES } from "../src/protocol/framing.ts";
+
+type Event = { frame: string } | { oversized: number };
+
+function collect(maxFrameBytes = 1024) {
+  const events: Event[] = [];
+  const decoder = new FrameDecoder(
+    {
+      onFrame: (payload) => events.push({ frame: new TextDecoder().decode(payload) }),
+      onOversizedFrame: (length) => events.push({ oversized: length }),
+    },
+    maxFrameBytes,
+  );
+  return { events, decoder };
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+function header(length: number): Uint8Array {
+  const bytes = new Uint8Array(4);
+  new DataView(bytes.buffer).setUint32(0, length);
+  return bytes;
+}
+
+describe("encodeFrame", () => {
+  test("prefixes the UTF-8 byte length, big-endian", () => {
+    const frame = encodeFrame("héllo"); // é is two bytes
+    expect([...frame.subarray(0, 4)]).toEqual([0, 0, 0, 6]);
+    expect(new TextDecoder().decode(frame.subarray(HEADER_BYTES))).toBe("héllo");
+  });
+
+  test("lengths above 16 bits use every header byte", () => {
+    const frame = encodeFrame(new Uint8Array(0x012345));
+    expect([...frame.subarray(0, 4)]).toEqual([0x00, 0x01, 0x23, 0x45]);
+  });
+});
+
+describe("FrameDecoder", () => {
+  test("a frame delivered one byte at a time", () => {
+    const { events, decoder } = collect();
+    for (const byte of encodeFrame('{"a":1}')) decoder.push(Uint8Array.of(byte));
+    expect(events).toEqual([{ frame: '{"a":1}' }]);
+    expect(decoder.idle).toBe(true);
+  });
+
+  test("many frames in one read, and a frame split across reads", () => {
+    const { events, decoder } = collect();
+    const all = concat(encodeFrame("one"), encodeFrame("two"), encodeFrame("three"));
+    decoder.push(all.subarray(0, 13));
+    expect(decoder.idle).toBe(false);
+    decoder.push(all.subarray(13));
+    expect(events).toEqual([{ frame: "one" }, { frame: "two" }, { frame: "three" }]);
+  });
+
+  test("a header split across reads", () => {
+    const { events, decoder } = collect();
+    const frame = encodeFrame("abc");
+    decoder.push(frame.subarray(0, 2));
+    decoder.push(frame.subarray(2, 3));
+    decoder.push(frame.subarray(3));
+    expect(events).toEqual([{ frame: "abc" }]);
+  });
+
+  test("zero-length frames are delivered as empty payloads", () => {
+    const { events, decoder } = collect();
+    decoder.push(concat(header(0), encodeFrame("x"), header(0)));
+    expect(events).toEqual([{ frame: "" }, { frame: "x" }, { frame: "" }]);
+  });
+
+  test("a frame exactly at the limit is accepted", () => {
+    const { events, decoder } = collect(16);
+    decoder.push(encodeFrame("a".repeat(16)));
+    expect(events).toEqual([{ frame: "a".repeat(16) }]);
+  });
+
+  test("a frame above the limit is reported once and skipped as it streams, keeping sync", () => {
+    const { events, decoder } = collect(16);
+    const big = encodeFrame("b".repeat(1000));
+    decoder.push(big.subarray(0, 3));
+    decoder.push(big.subarray(3, 10));
+    expect(events).toEqual([{ oversized: 1000 }]);
+    for (let at = 10; at < big.length; at += 7) decoder.push(big.subarray(at, Math.min(at + 7, big.length)));
+    decoder.push(encodeFrame("next"));
+    expect(events).toEqual([{ oversized: 1000 }, { frame: "next" }]);
+  });
+
+  test("an oversized frame and the next frame in the same read", () => {
+    const { events, decoder } = collect(8);
+    decoder.push(concat(encodeFrame("x".repeat(9)), encodeFrame("ok")));
+    expect(events).toEqual([{ oversized: 9 }, { frame: "ok" }]);
+  });
+
+  test("a 4 GiB header never allocates: it only skips", () => {
+    const { events, decoder } = collect(16);
+    decoder.push(header(0xffffffff));
+    decoder.push(new Uint8Array(1 << 20));
+    expect(events).toEqual([{ oversized: 0xffffffff }]);
+    expect(decoder.idle).toBe(false);
+  });
+
+  test("reset() drops a partial frame so the next stream starts clean", () => {
+    const { events, decoder } = collect();
+    decoder.push(encodeFrame("partial").subarray(0, 6));
+    decoder.reset();
+    expect(decoder.idle).toBe(true);
+    decoder.push(encodeFrame("fresh"));
+    expect(events).toEqual([{ frame: "fresh" }]);
+  });
+
+  test("a frame completed from a copy is not corrupted by later reads", () => {
+    const frames: Uint8Array[] = [];
+    const decoder = new FrameDecoder({ onFrame: (p) => frames.push(p.slice()), onOversizedFrame() {} }, 1024);
+    const chunk = new Uint8Array(64);
+    const frame = encodeFrame("0123456789");
+    chunk.set(frame.subarray(0, 8));
+    decoder.push(chunk.subarray(0, 8));
+    chunk.fill(0xee); // the transport reuses its buffer
+    chunk.set(frame.subarray(8));
+    decoder.push(chunk.subarray(0, frame.length - 8));
+    expect(new TextDecoder().decode(frames[0])).toBe("0123456789");
+  });
+});

@@ -1,0 +1,31 @@
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { z } from "zod";
+import { renderProtocolDoc } from "../src/docs/protocol-doc.ts";
+import { APPLICATION_ERRORS, JSONRPC_ERRORS } from "../src/protocol/errors.ts";
+import { METHOD_NAMES, METHODS } from "../src/schema/methods.ts";
+
+test("docs/protocol.md is what the schemas generate (run `npm run docs` after changing a schema)", async () => {
+  const onDisk = await Bun.file(join(import.meta.dir, "../docs/protocol.md")).text();
+  expect(onDisk).toBe(renderProtocolDoc());
+});
+
+test("every method has a summary and JSON-Schema-representable params and result", () => {
+  for (const name of METHOD_NAMES) {
+    expect(METHODS[name].summary.length).toBeGreaterThan(10);
+    expect(z.toJSONSchema(METHODS[name].params)).toHaveProperty("type", "object");
+    expect(z.toJSONSchema(METHODS[name].result)).toHaveProperty("type", "object");
+  }
+});
+
+test("every method and every error code appears in the doc", () => {
+  const doc = renderProtocolDoc();
+  for (const name of METHOD_NAMES) expect(doc).toContain(`### \`${name}\``);
+  for (const { code } of [...Object.values(JSONRPC_ERRORS), ...Object.values(APPLICATION_ERRORS)]) expect(doc).toContain(`| ${code} |`);
+});
+
+test("application error codes stay inside -32000..-32099 and are unique", () => {
+  const codes = Object.values(APPLICATION_ERRORS).map((e) => e.code);
+  expect(new Set(codes).size).toBe(codes.length);
+  for (const code of codes) expect(code <= -32000 && code >= -32099).toBe(true);
+});
