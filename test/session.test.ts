@@ -201,6 +201,22 @@ describe("concurrency", () => {
     expect(connection.pauses).toBe(1);
   });
 
+  test("at the end of input (stdio) the session answers every call in flight before it reports idle", async () => {
+    const { handler, pending } = controlledHandler();
+    const connection = new FakeConnection();
+    const session = new RpcSession(connection, handler, { ...defaultConfig().limits, max_in_flight: 1 });
+    session.onData(Buffer.concat([1, 2].map((id) => encodeFrame(JSON.stringify(ping(id))))));
+    let idle = false;
+    const ended = session.onInputEnd().then(() => (idle = true));
+    pending[0]!.finish();
+    await Bun.sleep(0);
+    expect(idle).toBe(false);
+    pending[1]!.finish();
+    await ended;
+    expect(connection.replies.map((r) => (r as Response).id)).toEqual([1, 2]);
+    expect(await session.onInputEnd().then(() => "idle at once")).toBe("idle at once");
+  });
+
   test("after the connection closes, late replies are dropped", async () => {
     const { handler, pending } = controlledHandler();
     const connection = new FakeConnection();

@@ -138,6 +138,8 @@ export class AgentClient implements ConnectionHandler, FrameSink {
     this.decoder.push(chunk);
   }
 
+  async onInputEnd(): Promise<void> {}
+
   onClose(): void {
     this.failAll(new AgentConnectionError("connection to the agent closed"));
   }

@@ -24,6 +24,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private pumping = false;
   private paused = false;
   private closed = false;
+  private whenIdle: (() => void) | null = null;
 
   constructor(
     private readonly connection: Connection,
@@ -35,6 +36,11 @@ export class RpcSession implements ConnectionHandler, FrameSink {
 
   onData(chunk: Uint8Array): void {
     this.decoder.push(chunk);
+  }
+
+  onInputEnd(): Promise<void> {
+    if (this.inFlight === 0 && this.waiting.length === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.whenIdle = resolve));
   }
 
   onClose(): void {
@@ -121,9 +127,14 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     this.pumping = true;
     while (this.inFlight < this.limits.max_in_flight && this.waiting.length > 0) this.waiting.shift()!();
     this.pumping = false;
-    if (this.paused && this.waiting.length === 0 && !this.closed) {
+    if (this.waiting.length > 0) return;
+    if (this.paused && !this.closed) {
       this.paused = false;
       this.connection.resume();
+    }
+    if (this.inFlight === 0 && this.whenIdle) {
+      this.whenIdle();
+      this.whenIdle = null;
     }
   }
 

@@ -41,6 +41,8 @@ export class StdioTransport implements Transport {
         handler.onData(chunk);
         if (reading) await reading;
       }
+      await handler.onInputEnd();
+      await stdout.flush();
       handler.onClose();
       this.onEnd();
     })();

@@ -16,6 +16,8 @@ export interface Connection {
 
 export interface ConnectionHandler {
   onData(chunk: Uint8Array): void;
+  /** No more input, but replies can still be written (stdio): resolves once every call has answered. */
+  onInputEnd(): Promise<void>;
   /** The peer went away (or the connection failed); no more data follows. */
   onClose(): void;
 }
