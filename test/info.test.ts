@@ -56,3 +56,14 @@ describe("get_info", () => {
     expect(METHODS.get_info.result.parse(info).os_type).toBe("windows");
   });
 });
+
+describe("refreshedEvery", () => {
+  test("runs the probe once per period and again after it", async () => {
+    const { refreshedEvery } = await import("../src/info/info.ts");
+    let calls = 0;
+    const probe = refreshedEvery(30, () => ++calls);
+    expect([probe(), probe(), probe()]).toEqual([1, 1, 1]);
+    await Bun.sleep(40);
+    expect(probe()).toBe(2);
+  });
+});

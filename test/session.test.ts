@@ -241,3 +241,33 @@ describe("audit", () => {
     expect(audit.records[0]!.duration_ms).toBeGreaterThanOrEqual(0);
   });
 });
+
+describe("audit lines", () => {
+  test("are valid JSON with exactly the record's fields, escaping hostile method names", async () => {
+    const { auditLine } = await import("../src/log/audit.ts");
+    const line = auditLine({ method: 'x"}\n{"evil":1', id: "a\"b", transport: "unix-listen", outcome: "error", code: -32601, duration_ms: 0.25 });
+    expect(line.endsWith("}\n")).toBe(true);
+    expect(line.split("\n")).toHaveLength(2);
+    const parsed = JSON.parse(line);
+    expect(Object.keys(parsed)).toEqual(["ts", "method", "id", "transport", "outcome", "code", "duration_ms"]);
+    expect(parsed).toMatchObject({ method: 'x"}\n{"evil":1', id: 'a"b', outcome: "error", code: -32601, duration_ms: 0.25 });
+    expect(Number.isNaN(Date.parse(parsed.ts))).toBe(false);
+    const notification = JSON.parse(auditLine({ method: "ping", id: undefined, transport: "stdio", outcome: "ok", duration_ms: 1 }));
+    expect("id" in notification).toBe(false);
+  });
+});
+
+describe("write coalescing", () => {
+  test("replies to the requests of one read go out in one write", () => {
+    const { session, connection } = memorySession();
+    const sends: number[] = [];
+    const original = connection.send.bind(connection);
+    connection.send = (bytes) => {
+      sends.push(bytes.length);
+      original(bytes);
+    };
+    session.onData(Buffer.concat([1, 2, 3].map((id) => encodeFrame(JSON.stringify(ping(id))))));
+    expect(sends).toHaveLength(1);
+    expect(connection.replies.map((r) => (r as Response).id)).toEqual([1, 2, 3]);
+  });
+});

@@ -5,11 +5,29 @@ import { linuxOsIdentity } from "./linux.ts";
 import type { OsIdentity } from "./os-identity.ts";
 import { windowsOsIdentity } from "./windows.ts";
 
-export const currentOsIdentity: () => OsIdentity = process.platform === "win32" ? windowsOsIdentity : () => linuxOsIdentity();
+/** The OS identity changes only with an upgrade: re-read it at most every 10 s. */
+export const currentOsIdentity: () => OsIdentity = refreshedEvery(10_000, process.platform === "win32" ? windowsOsIdentity : () => linuxOsIdentity());
+
+/**
+ * Memoise a probe for `ttlMs`: get_info is polled by hosts, and listing
+ * interfaces alone costs ~45 µs, more than the whole round trip budget.
+ */
+export function refreshedEvery<T>(ttlMs: number, probe: () => T): () => T {
+  let value: T;
+  let takenAt = -Infinity;
+  return () => {
+    const now = performance.now();
+    if (now - takenAt >= ttlMs) {
+      value = probe();
+      takenAt = now;
+    }
+    return value;
+  };
+}
 
 type IpAddress = Result<"get_info">["ip_addresses"][number];
 
-export function ipAddresses(): IpAddress[] {
+function listIpAddresses(): IpAddress[] {
   const out: IpAddress[] = [];
   for (const [name, addresses] of Object.entries(os.networkInterfaces())) {
     for (const entry of addresses ?? []) {
@@ -25,6 +43,17 @@ export function ipAddresses(): IpAddress[] {
   return out;
 }
 
+/** Addresses may change at any time (DHCP); a second of staleness is the price of a fast get_info. */
+export const ipAddresses = refreshedEvery(1_000, listIpAddresses);
+
+/** os.uptime() once a second; in between, the monotonic clock adds the elapsed time. */
+const uptimeBase = refreshedEvery(1_000, () => ({ seconds: os.uptime(), at: performance.now() }));
+
+function uptimeSeconds(): number {
+  const base = uptimeBase();
+  return Math.round((base.seconds + (performance.now() - base.at) / 1000) * 100) / 100;
+}
+
 export function getInfo(
   methods: Result<"get_info">["methods"],
   identity: () => OsIdentity = currentOsIdentity,
@@ -33,7 +62,7 @@ export function getInfo(
     ...identity(),
     hostname: os.hostname(),
     ip_addresses: ipAddresses(),
-    uptime_seconds: os.uptime(),
+    uptime_seconds: uptimeSeconds(),
     agent_version: AGENT_VERSION,
     protocol_version: PROTOCOL_VERSION,
     methods,

@@ -25,6 +25,8 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private paused = false;
   private closed = false;
   private whenIdle: (() => void) | null = null;
+  /** Replies produced while one chunk is decoded, written together: one syscall instead of one per reply. */
+  private corked: Uint8Array[] | null = null;
 
   constructor(
     private readonly connection: Connection,
@@ -35,7 +37,15 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   }
 
   onData(chunk: Uint8Array): void {
-    this.decoder.push(chunk);
+    this.corked = [];
+    try {
+      this.decoder.push(chunk);
+    } finally {
+      const frames = this.corked;
+      this.corked = null;
+      if (frames.length === 1) this.connection.send(frames[0]!);
+      else if (frames.length > 1) this.connection.send(Buffer.concat(frames));
+    }
   }
 
   onInputEnd(): Promise<void> {
@@ -151,6 +161,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
         ),
       );
     }
-    this.connection.send(frame);
+    if (this.corked) this.corked.push(frame);
+    else this.connection.send(frame);
   }
 }

@@ -1,0 +1,207 @@
+/**
+ * Minimal benchmark clients: a Bun unix socket, a write queue for partial
+ * writes, and a splitter that cuts the byte stream into replies. Both wire
+ * formats get the same treatment (one Bun.connect, one JSON.parse per reply) so
+ * the client's own cost is the same on both sides of a comparison.
+ */
+import type { Socket } from "bun";
+
+export interface Endpoint {
+  /** "kvm-manager-agent" or "qemu-ga". */
+  readonly label: string;
+  readonly pid: number;
+  readonly conn: RawConn;
+  /** Wire bytes of one request; `seq` is unique per connection (ours puts it in the id). */
+  encode(call: object, seq: number): Uint8Array;
+  /** Throws unless `reply` is a success; returns the seq it answers. */
+  verify(reply: Uint8Array): number;
+}
+
+type Splitter = (buffer: Uint8Array, emit: (reply: Uint8Array) => void) => number;
+
+/** [u32 BE length][payload]; returns how many bytes were consumed. */
+const splitFrames: Splitter = (buf, emit) => {
+  let at = 0;
+  while (buf.length - at >= 4) {
+    const length = ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
+    if (buf.length - at - 4 < length) break;
+    emit(buf.subarray(at + 4, at + 4 + length));
+    at += 4 + length;
+  }
+  return at;
+};
+
+/** QGA: one JSON document per line. */
+const splitLines: Splitter = (buf, emit) => {
+  let at = 0;
+  for (;;) {
+    const nl = buf.indexOf(10, at);
+    if (nl < 0) break;
+    if (nl > at) emit(buf.subarray(at, nl));
+    at = nl + 1;
+  }
+  return at;
+};
+
+export class RawConn {
+  /** Called once per reply; the view is only valid during the call. */
+  onReply: (reply: Uint8Array) => void = () => {
+    throw new Error("unexpected reply with no request outstanding");
+  };
+  onError: (error: Error) => void = () => {};
+  private socket!: Socket<undefined>;
+  private pending: Uint8Array = new Uint8Array(0);
+  private readonly outQueue: Uint8Array[] = [];
+  closed = false;
+
+  private constructor(private readonly split: Splitter) {}
+
+  static async connect(path: string, framing: "length-prefixed" | "lines"): Promise<RawConn> {
+    const conn = new RawConn(framing === "lines" ? splitLines : splitFrames);
+    conn.socket = await Bun.connect<undefined>({
+      unix: path,
+      socket: {
+        binaryType: "uint8array",
+        data: (_s, chunk: Uint8Array) => conn.onData(chunk),
+        drain: () => conn.flush(),
+        close: () => conn.fail(new Error(`connection to ${path} closed`)),
+        error: (_s, error) => conn.fail(error),
+      },
+    });
+    return conn;
+  }
+
+  write(bytes: Uint8Array): void {
+    if (this.closed) throw new Error("write on a closed connection");
+    if (this.outQueue.length === 0) {
+      const n = this.socket.write(bytes);
+      if (n === bytes.length) return;
+      bytes = bytes.subarray(Math.max(n, 0));
+    }
+    this.outQueue.push(bytes);
+  }
+
+  close(): void {
+    this.closed = true;
+    this.socket.end();
+  }
+
+  private flush(): void {
+    while (this.outQueue.length > 0) {
+      const head = this.outQueue[0]!;
+      const n = this.socket.write(head);
+      if (n <= 0) return;
+      if (n < head.length) {
+        this.outQueue[0] = head.subarray(n);
+        return;
+      }
+      this.outQueue.shift();
+    }
+  }
+
+  private fail(error: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.onError(error);
+  }
+
+  private onData(chunk: Uint8Array): void {
+    let buf = chunk;
+    if (this.pending.length > 0) {
+      buf = new Uint8Array(this.pending.length + chunk.length);
+      buf.set(this.pending);
+      buf.set(chunk, this.pending.length);
+    }
+    let used: number;
+    try {
+      used = this.split(buf, (reply) => this.onReply(reply));
+    } catch (error) {
+      this.fail(error as Error);
+      return;
+    }
+    // Copy the tail: Bun may reuse the chunk's memory after this callback.
+    this.pending = used === buf.length ? new Uint8Array(0) : buf.slice(used);
+  }
+}
+
+const utf8 = new TextDecoder();
+const textEncoder = new TextEncoder();
+
+/** Our agent: JSON-RPC 2.0 in length-prefixed frames; the seq is the request id. */
+export async function nativeEndpoint(path: string, pid: number): Promise<Endpoint> {
+  const conn = await RawConn.connect(path, "length-prefixed");
+  return {
+    label: "kvm-manager-agent",
+    pid,
+    conn,
+    encode(call, seq) {
+      const body = textEncoder.encode(JSON.stringify({ jsonrpc: "2.0", id: seq, ...call }));
+      const frame = new Uint8Array(4 + body.length);
+      new DataView(frame.buffer).setUint32(0, body.length);
+      frame.set(body, 4);
+      return frame;
+    },
+    verify(reply) {
+      const message = JSON.parse(utf8.decode(reply)) as { jsonrpc?: unknown; id?: unknown; result?: unknown; error?: unknown };
+      if (message.jsonrpc !== "2.0" || typeof message.id !== "number" || !("result" in message) || "error" in message) {
+        throw new Error(`kvm-manager-agent: not a JSON-RPC result: ${utf8.decode(reply).slice(0, 300)}`);
+      }
+      return message.id;
+    },
+  };
+}
+
+/** qemu-ga: QMP-style JSON lines; replies carry no id, they come back in order. */
+export async function qgaEndpoint(path: string, pid: number): Promise<Endpoint> {
+  const conn = await RawConn.connect(path, "lines");
+  // Requests are sent in the order they are encoded, so replies answer that order.
+  const inOrder: number[] = [];
+  let head = 0;
+  const endpoint: Endpoint = {
+    label: "qemu-ga",
+    pid,
+    conn,
+    encode(call, seq) {
+      if (head > 4096 && head * 2 > inOrder.length) {
+        inOrder.splice(0, head);
+        head = 0;
+      }
+      inOrder.push(seq);
+      return textEncoder.encode(`${JSON.stringify(call)}\n`);
+    },
+    verify(reply) {
+      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown };
+      if (typeof message !== "object" || message === null || !("return" in message)) {
+        throw new Error(`qemu-ga: reply has no "return": ${utf8.decode(reply).slice(0, 300)}`);
+      }
+      if (head >= inOrder.length) throw new Error("qemu-ga: reply with no request outstanding");
+      return inOrder[head++]!;
+    },
+  };
+  // Flush the stream: guest-sync answers with our id once everything before it is done.
+  const syncId = Math.floor(Math.random() * 1e9);
+  const synced = new Promise<void>((resolve, reject) => {
+    conn.onError = reject;
+    conn.onReply = (reply) => {
+      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown };
+      if (message.return === syncId) resolve();
+    };
+  });
+  conn.write(textEncoder.encode(`${JSON.stringify({ execute: "guest-sync", arguments: { id: syncId } })}\n`));
+  await withTimeout(synced, 5_000, "qemu-ga guest-sync");
+  return endpoint;
+}
+
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
