@@ -104,20 +104,11 @@ export function generatedSection(env: Environment, rows: Row[], notes: string[])
 }
 
 const TEMPLATE_TAIL = `
-## File transfer throughput
+## Not measured yet
 
-_To do: add cases to \`CASES\` in scripts/bench.ts once file read/write methods exist
-(e.g. 1 MiB and 64 MiB copies vs \`guest-file-open\`/\`guest-file-read\`/\`guest-file-write\`)._
-
-## exec
-
-_To do: add cases for exec round trips (e.g. \`/bin/true\`) vs \`guest-exec\` + \`guest-exec-status\`._
-
-## In-VM numbers (virtio-serial / vsock)
-
-_To do: the numbers above are host loopback over a unix socket. Measure both agents inside a VM
-(scripts/vm/boot.sh) through QEMU's chardev socket and record them here by hand; this section
-is outside the generated block and survives re-runs._
+File read/write throughput and exec latency (against qemu-ga's \`guest-file-*\` and \`guest-exec\`) come
+with those methods; numbers inside a VM over real virtio-serial come with the VM test harness. Each
+will be a case in \`CASES\` of scripts/bench.ts, so one \`npm run bench\` run produces every table.
 `;
 
 /** Replace the generated block of docs/benchmarks.md, or create the file from the template. */
