@@ -29,7 +29,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   const transport = createTransport(config, logger, () => void stop("stdin closed").then(() => process.exit(0)));
   await transport.start((connection) => {
     logger.debug("host connected", { transport: connection.transport });
-    return new RpcSession(connection, dispatcher, config.limits);
+    return new RpcSession(connection, dispatcher, config.limits, logger);
   });
   logger.info("agent started", { version: AGENT_VERSION, transport: transport.name, audit: auditFile || "off" });
   return { stop };

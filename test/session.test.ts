@@ -217,6 +217,24 @@ describe("concurrency", () => {
     expect(await session.onInputEnd().then(() => "idle at once")).toBe("idle at once");
   });
 
+  test("an exception escaping the dispatcher is answered with -32603 and the stream goes on", () => {
+    let calls = 0;
+    const handler: RequestHandler = {
+      handle(message) {
+        if (++calls === 1) throw new Error("bug");
+        return { jsonrpc: "2.0", id: (message as { id: number }).id, result: "fine" };
+      },
+    };
+    const connection = new FakeConnection();
+    const session = new RpcSession(connection, handler, defaultConfig().limits);
+    session.onData(encodeFrame(JSON.stringify(ping(1))));
+    session.onData(encodeFrame(JSON.stringify(ping(2))));
+    expect(connection.replies).toEqual([
+      { jsonrpc: "2.0", id: null, error: { code: -32603, message: "Internal error while reading the stream; the partial frame was discarded" } },
+      { jsonrpc: "2.0", id: 2, result: "fine" },
+    ]);
+  });
+
   test("after the connection closes, late replies are dropped", async () => {
     const { handler, pending } = controlledHandler();
     const connection = new FakeConnection();

@@ -5,6 +5,7 @@
  * host is slowed down instead of filling the agent's memory.
  */
 import type { AgentConfig } from "../config/schema.ts";
+import { silentLogger, type Logger } from "../log/logger.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorCode } from "./errors.ts";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, type FrameSink } from "./framing.ts";
@@ -32,6 +33,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     private readonly connection: Connection,
     private readonly dispatcher: RequestHandler,
     private readonly limits: AgentConfig["limits"],
+    private readonly logger: Logger = silentLogger,
   ) {
     this.decoder = new FrameDecoder(this, limits.max_frame_bytes);
   }
@@ -40,6 +42,11 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     this.corked = [];
     try {
       this.decoder.push(chunk);
+    } catch (error) {
+      // A bug of ours must not take the transport's read loop down: drop the partial frame and say so.
+      this.logger.error("failed to process input; partial frame discarded", { transport: this.connection.transport, error: String(error) });
+      this.decoder.reset();
+      this.send(errorResponse(null, errorCode("INTERNAL_ERROR"), "Internal error while reading the stream; the partial frame was discarded"));
     } finally {
       const frames = this.corked;
       this.corked = null;
@@ -150,18 +157,25 @@ export class RpcSession implements ConnectionHandler, FrameSink {
 
   private send(response: Response | Response[]): void {
     if (this.closed) return;
-    let frame = encodeFrame(JSON.stringify(response));
     const limit = this.limits.max_frame_bytes;
+    let frame: Uint8Array;
+    try {
+      frame = encodeFrame(JSON.stringify(response));
+    } catch (error) {
+      // A result nested too deeply (or otherwise unserialisable) still gets an answer.
+      frame = this.errorFrame(response, "INTERNAL_ERROR", `Internal error: the reply could not be serialised: ${(error as Error).message}`);
+    }
     const length = frame.length - HEADER_BYTES;
     if (length > limit) {
-      const id = Array.isArray(response) ? null : response.id;
-      frame = encodeFrame(
-        JSON.stringify(
-          errorResponse(id, errorCode("TOO_LARGE"), `Response of ${length} bytes is above max_frame_bytes (${limit})`, { limit, length }),
-        ),
-      );
+      frame = this.errorFrame(response, "TOO_LARGE", `Response of ${length} bytes is above max_frame_bytes (${limit})`, { limit, length });
     }
     if (this.corked) this.corked.push(frame);
     else this.connection.send(frame);
+  }
+
+  /** The error that replaces a reply; a batch's replacement has id null. */
+  private errorFrame(response: Response | Response[], name: "INTERNAL_ERROR" | "TOO_LARGE", message: string, data?: unknown): Uint8Array {
+    const id = Array.isArray(response) ? null : response.id;
+    return encodeFrame(JSON.stringify(errorResponse(id, errorCode(name), message, data)));
   }
 }

@@ -104,7 +104,8 @@ export function socketHandlers(transport: string, accept: (connection: Connectio
       socket.data?.markClosed();
     },
     error(socket: Socket<SocketConnection | undefined>) {
-      socket.data?.markClosed();
+      // The socket is unusable: close it, so the host sees the end instead of a silent connection.
+      socket.data?.close();
     },
   };
 }
