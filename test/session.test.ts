@@ -3,8 +3,8 @@ import type { Response } from "../src/protocol/jsonrpc.ts";
 import { encodeFrame } from "../src/protocol/framing.ts";
 import { RpcSession, type RequestHandler } from "../src/protocol/session.ts";
 import { defaultConfig } from "../src/config/schema.ts";
-import { FakeConnection } from "./support/fake-connection.ts";
-import { memorySession } from "./support/in-memory.ts";
+import { FakeConnection } from "./helpers/fake-connection.ts";
+import { memorySession } from "./helpers/in-memory.ts";
 
 const ping = (id: unknown, params: unknown = {}) => ({ jsonrpc: "2.0", id, method: "ping", params });
 
