@@ -110,8 +110,9 @@ if [ "$NET" = 1 ]; then ARGS+=(-nic user,restrict=on,model=virtio-net-pci); fi
 if [ -n "$DISK" ]; then ARGS+=(-drive "file=$DISK,format=raw,if=virtio,cache=unsafe"); fi
 ARGS+=("$@")
 
+: > "$WORK/qemu.stderr"
 date +%s%N > "$WORK/start.ns"
-qemu-system-x86_64 "${ARGS[@]}" 2>"$WORK/qemu.stderr" &
+qemu-system-x86_64 "${ARGS[@]}" </dev/null >>"$WORK/qemu.stderr" 2>&1 &
 QPID=$!
 echo "$QPID" > "$PIDFILE"
 

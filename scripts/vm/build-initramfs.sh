@@ -21,6 +21,8 @@
 #   agent_nopoweroff       drop to a busybox shell on ttyS0 instead of powering off
 #   agent_shell            start a shell instead of the guest program
 #   agent_quiet            don't echo init progress messages
+# Other KEY=VALUE parameters without a dot (e.g. UV_THREADPOOL_SIZE=8) are passed by the
+# kernel into the environment of /init and therefore of the guest program.
 # The guest program's exit status is printed as "AGENT-EXIT <code>" on ttyS0.
 set -euo pipefail
 
