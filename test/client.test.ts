@@ -6,7 +6,7 @@ import { startAgent, type RunningAgent } from "../src/agent.ts";
 import { AgentClient, AgentConnectionError, AgentRpcError, AgentTimeoutError } from "../src/client/client.ts";
 import { defaultConfig } from "../src/config/schema.ts";
 import { silentLogger } from "../src/log/logger.ts";
-import { encodeFrame, FrameDecoder } from "../src/protocol/framing.ts";
+import { encodeFrame, FrameDecoder, SYNC_MARKER } from "../src/protocol/framing.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "kma-client-"));
 const socket = join(dir, "agent.sock");
@@ -38,6 +38,7 @@ function fakeAgent(reply: (request: { id: number; method: string }, count: numbe
                 if (answer !== undefined) s.write(encodeFrame(JSON.stringify(answer)));
               },
               onOversizedFrame() {},
+              onSync: () => s.write(SYNC_MARKER),
             },
             1 << 20,
           ),

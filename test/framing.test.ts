@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
-import { encodeFrame, FrameDecoder, HEADER_BYTES } from "../src/protocol/framing.ts";
+import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER } from "../src/protocol/framing.ts";
 
-type Event = { frame: string } | { oversized: number };
+type Event = { frame: string } | { oversized: number } | { sync: true };
 
 function collect(maxFrameBytes = 1024) {
   const events: Event[] = [];
@@ -9,6 +9,7 @@ function collect(maxFrameBytes = 1024) {
     {
       onFrame: (payload) => events.push({ frame: new TextDecoder().decode(payload) }),
       onOversizedFrame: (length) => events.push({ oversized: length }),
+      onSync: () => events.push({ sync: true }),
     },
     maxFrameBytes,
   );
@@ -118,7 +119,7 @@ describe("FrameDecoder", () => {
 
   test("a frame completed from a copy is not corrupted by later reads", () => {
     const frames: Uint8Array[] = [];
-    const decoder = new FrameDecoder({ onFrame: (p) => frames.push(p.slice()), onOversizedFrame() {} }, 1024);
+    const decoder = new FrameDecoder({ onFrame: (p) => frames.push(p.slice()), onOversizedFrame() {}, onSync() {} }, 1024);
     const chunk = new Uint8Array(64);
     const frame = encodeFrame("0123456789");
     chunk.set(frame.subarray(0, 8));
@@ -127,5 +128,45 @@ describe("FrameDecoder", () => {
     chunk.set(frame.subarray(8));
     decoder.push(chunk.subarray(0, frame.length - 8));
     expect(new TextDecoder().decode(frames[0])).toBe("0123456789");
+  });
+});
+
+describe("resync marker", () => {
+  const partial = encodeFrame('{"jsonrpc":"2.0","id":1,"method":"ping"}').subarray(0, 17);
+
+  test("drops a partial frame left by an earlier host; decoding restarts after it", () => {
+    const { events, decoder } = collect();
+    decoder.push(partial);
+    decoder.push(concat(SYNC_MARKER, encodeFrame("fresh")));
+    expect(events).toEqual([{ sync: true }, { frame: "fresh" }]);
+  });
+
+  test("works in the middle of a header, of a payload and of a skipped oversized frame", () => {
+    for (const stale of [Uint8Array.of(0, 0), partial, encodeFrame("z".repeat(5000)).subarray(0, 3000)]) {
+      const { events, decoder } = collect();
+      decoder.push(concat(stale, SYNC_MARKER, encodeFrame("ok")));
+      expect(events.filter((e) => !("oversized" in e))).toEqual([{ sync: true }, { frame: "ok" }]);
+    }
+  });
+
+  test("is recognised when split across reads, byte by byte", () => {
+    const { events, decoder } = collect();
+    decoder.push(partial);
+    for (const byte of concat(SYNC_MARKER, encodeFrame("x"))) decoder.push(Uint8Array.of(byte));
+    expect(events).toEqual([{ sync: true }, { frame: "x" }]);
+  });
+
+  test("fewer than eight 0xFF bytes are data: an invalid-UTF-8 frame keeps the stream in sync", () => {
+    const { events, decoder } = collect();
+    const payload = new Uint8Array(16).fill(0xff, 0, 7);
+    decoder.push(concat(encodeFrame(payload), encodeFrame("after")));
+    expect(events.length).toBe(2);
+    expect(events[1]).toEqual({ frame: "after" });
+  });
+
+  test("two markers in a row are two syncs, and frames between them are kept", () => {
+    const { events, decoder } = collect();
+    decoder.push(concat(SYNC_MARKER, encodeFrame("a"), SYNC_MARKER, encodeFrame("b")));
+    expect(events).toEqual([{ sync: true }, { frame: "a" }, { sync: true }, { frame: "b" }]);
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import type { Response } from "../src/protocol/jsonrpc.ts";
-import { encodeFrame } from "../src/protocol/framing.ts";
+import { encodeFrame, SYNC_MARKER } from "../src/protocol/framing.ts";
 import { RpcSession, type RequestHandler } from "../src/protocol/session.ts";
 import { defaultConfig } from "../src/config/schema.ts";
 import { FakeConnection } from "./helpers/fake-connection.ts";
@@ -257,6 +257,35 @@ describe("audit", () => {
     expect(audit.records[1]).toMatchObject({ method: "get_info", id: 2, outcome: "error", code: -32602 });
     expect(JSON.stringify(audit.records)).not.toContain("secret-token-123");
     expect(audit.records[0]!.duration_ms).toBeGreaterThanOrEqual(0);
+  });
+});
+
+describe("resync", () => {
+  test("the marker is echoed, a stale partial frame dropped, and the next request answered", () => {
+    const { session, connection, replies } = memorySession();
+    session.onData(encodeFrame(JSON.stringify(ping(1))).subarray(0, 20));
+    session.onData(Buffer.concat([SYNC_MARKER, encodeFrame(JSON.stringify(ping(2)))]));
+    expect(connection.syncs).toBe(1);
+    expect(replies).toEqual([{ jsonrpc: "2.0", id: 2, result: { pong: true } }]);
+  });
+
+  test("a reply to a request of the earlier host is not sent after the resync", async () => {
+    const pending: { id: number; finish: () => void }[] = [];
+    const handler: RequestHandler = {
+      handle(message) {
+        const id = (message as { id: number }).id;
+        return new Promise<Response>((resolve) => pending.push({ id, finish: () => resolve({ jsonrpc: "2.0", id, result: id }) }));
+      },
+    };
+    const connection = new FakeConnection();
+    const session = new RpcSession(connection, handler, defaultConfig().limits);
+    session.onData(encodeFrame(JSON.stringify(ping(1))));
+    session.onData(Buffer.concat([SYNC_MARKER, encodeFrame(JSON.stringify(ping(1)))]));
+    pending[0]!.finish(); // the old host's id 1
+    pending[1]!.finish(); // the new host's id 1
+    await Bun.sleep(0);
+    expect(connection.replies).toHaveLength(1);
+    expect(connection.syncs).toBe(1);
   });
 });
 

@@ -2,7 +2,7 @@
  * Host-side client: connects to the unix socket of the VM's chardev (or to an
  * agent on unix-listen) and calls methods with the types of src/schema.
  */
-import { FrameDecoder, encodeFrame, type FrameSink } from "../protocol/framing.ts";
+import { FrameDecoder, encodeFrame, SYNC_MARKER, type FrameSink } from "../protocol/framing.ts";
 import type { RequestId, Response } from "../protocol/jsonrpc.ts";
 import { METHOD_NAMES, METHODS, describeIssues, type MethodName, type ParamsInput, type Result } from "../schema/methods.ts";
 import { socketHandlers, type SocketConnection } from "../transport/socket-connection.ts";
@@ -71,6 +71,8 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   private nextId = 1;
   private connection: Connection | null = null;
   private closedError: Error | null = null;
+  /** False until the agent echoes our SYNC_MARKER: whatever arrives before it is left over from an earlier host. */
+  private synced = false;
 
   private constructor(private readonly defaultTimeoutMs: number) {}
 
@@ -82,6 +84,7 @@ export class AgentClient implements ConnectionHandler, FrameSink {
         unix: socketPath,
         socket: socketHandlers("client", (connection) => {
           client.connection = connection;
+          connection.send(SYNC_MARKER);
           return client;
         }),
       });
@@ -100,6 +103,8 @@ export class AgentClient implements ConnectionHandler, FrameSink {
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) throw new AgentTimeoutError("waitReady", timeoutMs);
+      // QEMU drops what the host writes while the guest has the port closed: resend until echoed.
+      if (!this.synced) this.connection!.send(SYNC_MARKER);
       try {
         await this.call("ping", {}, { timeoutMs: Math.min(attemptMs, left) });
         return;
@@ -149,7 +154,12 @@ export class AgentClient implements ConnectionHandler, FrameSink {
     this.failAll(new AgentConnectionError(`agent sent a frame of ${length} bytes, above the client's limit`));
   }
 
+  onSync(): void {
+    this.synced = true;
+  }
+
   onFrame(payload: Uint8Array): void {
+    if (!this.synced) return;
     let message: Response;
     try {
       message = JSON.parse(new TextDecoder().decode(payload)) as Response;

@@ -34,8 +34,24 @@ Every message in both directions is one frame:
   its payload is skipped as it streams in, never buffered, and the next frame is read normally.
 - A zero-length frame, invalid UTF-8 or invalid JSON is answered with ${JSONRPC_ERRORS.PARSE_ERROR.code} (id \`null\`); the stream stays in sync.
 - A reply larger than \`max_frame_bytes\` is replaced by error ${APPLICATION_ERRORS.TOO_LARGE.code} for the same id.
-- On virtio-serial the agent resets its framing state when the host disconnects, so a host that
-  reconnects starts on a clean stream.
+- On virtio-serial the agent resets its framing state when it sees the host disconnect.
+
+### Resync
+
+A guest does not always see a host disconnect: when a host drops its connection in the middle of a frame
+and reconnects quickly, the agent may still hold the partial frame, and the port may still hold bytes of a
+reply meant for the earlier host. A length prefix cannot recover from that by itself, so eight \`0xFF\` bytes
+in a row — which UTF-8 JSON never contains — are reserved as the **sync marker**:
+
+1. On connecting, the host sends the marker (and again with each retry while it waits for the agent:
+   QEMU drops what a host writes while the guest has the port closed).
+2. Wherever the marker appears in the stream — between frames, inside a header, inside a payload — the agent
+   drops any partial frame, echoes the marker, and reads a fresh frame header right after it. Replies to
+   requests that arrived before the marker are not sent.
+3. The host discards every byte it receives before the echoed marker.
+
+Fewer than eight \`0xFF\` bytes are ordinary (invalid) payload bytes: such a frame gets ${JSONRPC_ERRORS.PARSE_ERROR.code} and the stream stays in sync.
+The TypeScript client does all of this itself.
 
 ## JSON-RPC 2.0
 

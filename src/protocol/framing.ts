@@ -5,6 +5,13 @@
  * frame of at most `maxFrameBytes`. A frame whose declared length is above the
  * limit is reported once and its payload is skipped as it streams in, so a
  * hostile length cannot make the agent allocate or desynchronise.
+ *
+ * Resync: a length prefix cannot recover by itself from a partial frame left
+ * by an earlier host (a virtio-serial guest does not always see a fast
+ * disconnect/reconnect). SYNC_MARKER — eight 0xFF bytes, which UTF-8 JSON never
+ * contains — drops whatever partial frame is pending wherever it appears, and
+ * decoding restarts right after it. Hosts send it on connect; the agent echoes
+ * it, and the host discards everything it receives before the echo.
  */
 
 export const HEADER_BYTES = 4;
@@ -12,11 +19,15 @@ export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
 /** A u32 length cannot describe more than this. */
 export const MAX_ENCODABLE_FRAME_BYTES = 0xffff_ffff;
 
+export const SYNC_MARKER = new Uint8Array(8).fill(0xff);
+
 export interface FrameSink {
   /** A complete payload. The view is only valid during the call. */
   onFrame(payload: Uint8Array): void;
   /** A header declared `length` bytes, above the limit; its payload is being skipped. */
   onOversizedFrame(length: number): void;
+  /** A SYNC_MARKER arrived: any partial frame was dropped. */
+  onSync(): void;
 }
 
 export class FrameDecoder {
@@ -25,6 +36,8 @@ export class FrameDecoder {
   private payload: Uint8Array | null = null;
   private payloadFilled = 0;
   private skipRemaining = 0;
+  /** 0xFF bytes seen in a row so far, across chunks. */
+  private syncRun = 0;
 
   constructor(
     private readonly sink: FrameSink,
@@ -42,11 +55,48 @@ export class FrameDecoder {
     this.payload = null;
     this.payloadFilled = 0;
     this.skipRemaining = 0;
+    this.syncRun = 0;
   }
 
   push(chunk: Uint8Array): void {
-    let offset = 0;
-    const end = chunk.length;
+    let start = 0;
+    for (;;) {
+      const markerEnd = this.findMarkerEnd(chunk, start);
+      if (markerEnd < 0) return this.decode(chunk, start, chunk.length);
+      // Bytes before the marker still belong to the old stream; then start afresh.
+      this.decode(chunk, start, Math.max(start, markerEnd - SYNC_MARKER.length));
+      this.reset();
+      this.sink.onSync();
+      start = markerEnd;
+    }
+  }
+
+  /** Index just past a complete marker in chunk[from..], or -1 (remembering a trailing run of 0xFF). */
+  private findMarkerEnd(chunk: Uint8Array, from: number): number {
+    let run = this.syncRun;
+    let i = from;
+    while (i < chunk.length) {
+      if (run === 0) {
+        // JSON never holds 0xFF: in normal traffic this is one native scan per chunk.
+        i = chunk.indexOf(0xff, i);
+        if (i < 0) break;
+      }
+      if (chunk[i] === 0xff) {
+        if (++run === SYNC_MARKER.length) {
+          this.syncRun = 0;
+          return i + 1;
+        }
+      } else {
+        run = 0;
+      }
+      i++;
+    }
+    this.syncRun = i < 0 ? 0 : run;
+    return -1;
+  }
+
+  private decode(chunk: Uint8Array, from: number, end: number): void {
+    let offset = from;
     while (offset < end) {
       if (this.skipRemaining > 0) {
         const n = Math.min(this.skipRemaining, end - offset);

@@ -8,7 +8,7 @@ import type { AgentConfig } from "../config/schema.ts";
 import { silentLogger, type Logger } from "../log/logger.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorCode } from "./errors.ts";
-import { encodeFrame, FrameDecoder, HEADER_BYTES, type FrameSink } from "./framing.ts";
+import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "./framing.ts";
 import { errorResponse, type Response } from "./jsonrpc.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -26,6 +26,8 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private paused = false;
   private closed = false;
   private whenIdle: (() => void) | null = null;
+  /** Bumped on every resync: replies to requests of an earlier host are dropped, not sent to the new one. */
+  private generation = 0;
   /** Replies produced while one chunk is decoded, written together: one syscall instead of one per reply. */
   private corked: Uint8Array[] | null = null;
 
@@ -76,6 +78,11 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     );
   }
 
+  onSync(): void {
+    this.generation++;
+    this.write(SYNC_MARKER);
+  }
+
   onFrame(payload: Uint8Array): void {
     if (payload.length === 0) return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: empty frame"));
     let text: string;
@@ -119,11 +126,13 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   }
 
   private schedule(message: unknown, done: (response: Response | null) => void): void {
+    const generation = this.generation;
+    const reply = (response: Response | null) => done(generation === this.generation ? response : null);
     const run = () => {
       this.inFlight++;
       const out = this.dispatcher.handle(message, this.connection.transport);
-      if (out instanceof Promise) void out.then((response) => this.finish(response, done));
-      else this.finish(out, done);
+      if (out instanceof Promise) void out.then((response) => this.finish(response, reply));
+      else this.finish(out, reply);
     };
     if (this.inFlight < this.limits.max_in_flight) return run();
     this.waiting.push(run);
@@ -169,8 +178,12 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     if (length > limit) {
       frame = this.errorFrame(response, "TOO_LARGE", `Response of ${length} bytes is above max_frame_bytes (${limit})`, { limit, length });
     }
-    if (this.corked) this.corked.push(frame);
-    else this.connection.send(frame);
+    this.write(frame);
+  }
+
+  private write(bytes: Uint8Array): void {
+    if (this.corked) this.corked.push(bytes);
+    else this.connection.send(bytes);
   }
 
   /** The error that replaces a reply; a batch's replacement has id null. */

@@ -316,6 +316,8 @@ export class FrameCollector {
   private readonly decoder: FrameDecoder;
   /** Total frames decoded so far. */
   received = 0;
+  /** SYNC_MARKER echoes received so far. */
+  syncs = 0;
 
   constructor(maxFrameBytes = 1024 * 1024 * 1024) {
     this.decoder = new FrameDecoder(
@@ -330,6 +332,7 @@ export class FrameCollector {
           } else this.frames.push(copy);
         },
         onOversizedFrame: (length) => this.fail(new Error(`peer sent an oversized frame of ${length} bytes`)),
+        onSync: () => this.syncs++,
       },
       maxFrameBytes,
     );

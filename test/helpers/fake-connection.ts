@@ -6,6 +6,7 @@ export class FakeConnection implements Connection {
   readonly transport = "fake";
   readonly replies: unknown[] = [];
   readonly oversized: number[] = [];
+  syncs = 0;
   pauses = 0;
   resumes = 0;
   paused = false;
@@ -13,6 +14,7 @@ export class FakeConnection implements Connection {
     {
       onFrame: (payload) => this.replies.push(JSON.parse(new TextDecoder().decode(payload))),
       onOversizedFrame: (length) => this.oversized.push(length),
+      onSync: () => this.syncs++,
     },
     0xffffffff,
   );
