@@ -7,7 +7,7 @@ import { RpcSession } from "./protocol/session.ts";
 import { StdioTransport } from "./transport/stdio.ts";
 import type { Transport } from "./transport/transport.ts";
 import { UnixListenTransport } from "./transport/unix-listen.ts";
-import { VirtioSerialTransport } from "./transport/virtio-serial.ts";
+import { VirtioSerialTransport } from "./transport/virtio-serial/virtio-serial.ts";
 import { VsockListenTransport } from "./transport/vsock/vsock-listen.ts";
 import { AGENT_VERSION } from "./version.ts";
 

@@ -14,7 +14,8 @@ import { silentLogger } from "../src/log/logger.ts";
 import { Dispatcher } from "../src/protocol/dispatcher.ts";
 import { RpcSession } from "../src/protocol/session.ts";
 import { socketHandlers } from "../src/transport/socket-connection.ts";
-import { AF_UNIX, AF_VSOCK, listenStreamSocket, SocketCallError, sockaddrUn, sockaddrVm, VMADDR_CID_ANY } from "../src/transport/vsock/ffi.ts";
+import { LibcError } from "../src/platform/linux/libc.ts";
+import { AF_UNIX, AF_VSOCK, listenStreamSocket, sockaddrUn, sockaddrVm, VMADDR_CID_ANY } from "../src/transport/vsock/ffi.ts";
 import { noAudit } from "../src/log/audit.ts";
 
 describe("sockaddr encoding", () => {
@@ -57,8 +58,8 @@ describe("listenStreamSocket", () => {
         return e;
       }
     })();
-    expect(error).toBeInstanceOf(SocketCallError);
-    expect((error as SocketCallError).call).toBe("bind");
+    expect(error).toBeInstanceOf(LibcError);
+    expect((error as LibcError).call).toBe("bind");
     expect((error as Error).message).toBe("bind() failed: ENOENT (errno 2)");
   });
 

@@ -21,9 +21,10 @@
  * so it never enters its "no host" back-off while the test is writing.
  */
 import { afterEach, expect, test } from "bun:test";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync, symlinkSync } from "node:fs";
+import { join } from "node:path";
 import { METHODS } from "../../src/schema/methods.ts";
-import { collectText, concatBytes, ensureBinary, frame, makeTempDir, pingRequest, terminate, writeConfig } from "../helpers/agent-process.ts";
+import { collectText, concatBytes, ensureBinary, eventually, frame, makeTempDir, pingRequest, terminate, writeConfig } from "../helpers/agent-process.ts";
 import { openRawPty, PtyPeer, type Pty } from "../helpers/pty.ts";
 
 const cleanups: (() => Promise<unknown> | void)[] = [];
@@ -136,4 +137,38 @@ test("the agent restarting re-opens the port; a request sent while it is down is
   expect(await request(pingRequest("after-restart", 1))).toEqual({ jsonrpc: "2.0", id: "after-restart", result: { pong: true, payload: 1 } });
   expect(peer.hangups).toBe(0);
   expect(peer.readErrors).toEqual([]);
+});
+
+/** user+system CPU seconds of a process, from /proc/PID/stat (clock ticks of 10 ms). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+test("a port missing at start is waited for without spinning, logged once, and served when it appears", async () => {
+  const binary = await ensureBinary();
+  const dir = makeTempDir();
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const portPath = join(dir, "org.kvmmanager.agent.0");
+  const proc = Bun.spawn([binary, "--config", writeConfig(dir), "--transport", "virtio-serial", "--path", portPath], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const stderr = collectText(proc.stderr);
+  cleanups.push(() => terminate(proc));
+  await eventually(() => stderr.text().includes("port not present yet"), 10_000);
+  const before = cpuSeconds(proc.pid);
+  await Bun.sleep(2_000);
+  // A poll loop with back-off (capped at 1 s) costs a few ms; a busy loop would burn ~2 s.
+  expect(cpuSeconds(proc.pid) - before).toBeLessThan(0.2);
+  expect(stderr.text().match(/port not present yet/g)).toHaveLength(1);
+
+  const pty = openRawPty();
+  cleanups.push(() => pty.close());
+  const peer = new PtyPeer(pty.master);
+  cleanups.push(() => peer.stop());
+  symlinkSync(pty.slavePath, portPath); // the port is hot-plugged
+  await peer.write(frame(pingRequest("late port")));
+  expect(await peer.next(10_000)).toEqual({ jsonrpc: "2.0", id: "late port", result: { pong: true } });
 });

@@ -3,8 +3,7 @@
  * libc through bun:ffi and handed to Bun.listen({ fd }). The same calls make an
  * AF_UNIX socket, which is how this layer is tested on hosts without vsock.
  */
-import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
-import { constants } from "node:os";
+import { errno, libc, LibcError } from "../../platform/linux/libc.ts";
 
 export const AF_UNIX = 1;
 export const AF_VSOCK = 40;
@@ -12,19 +11,6 @@ const SOCK_STREAM = 1;
 const SOCK_CLOEXEC = 0o2000000;
 /** Any local CID: accept connections addressed to this guest. */
 export const VMADDR_CID_ANY = 0xffffffff;
-
-type Libc = ReturnType<typeof openLibc>;
-let libc: Libc | null = null;
-
-function openLibc() {
-  return dlopen("libc.so.6", {
-    socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  }).symbols;
-}
 
 /** struct sockaddr_vm (linux/vm_sockets.h): 16 bytes in host byte order. */
 export function sockaddrVm(port: number, cid: number = VMADDR_CID_ANY): Uint8Array {
@@ -46,37 +32,20 @@ export function sockaddrUn(path: string): Uint8Array {
   return bytes;
 }
 
-export class SocketCallError extends Error {
-  constructor(
-    readonly call: string,
-    readonly errno: number,
-  ) {
-    super(`${call}() failed: ${errnoName(errno)} (errno ${errno})`);
-    this.name = "SocketCallError";
-  }
-}
-
-function errnoName(errno: number): string {
-  for (const [name, value] of Object.entries(constants.errno)) if (value === errno) return name;
-  return "unknown error";
-}
-
 /** socket() + bind() + listen(); returns the listening fd or throws naming the failed call and errno. */
 export function listenStreamSocket(family: number, address: Uint8Array, backlog = 16): number {
-  libc ??= openLibc();
-  const lib = libc;
-  const errno = () => read.i32(lib.__errno_location() as Pointer, 0);
+  const lib = libc();
   const fd = lib.socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new SocketCallError("socket", errno());
-  if (lib.bind(fd, address, address.length) !== 0) {
-    const code = errno();
-    lib.close(fd);
-    throw new SocketCallError("bind", code);
-  }
-  if (lib.listen(fd, backlog) !== 0) {
-    const code = errno();
-    lib.close(fd);
-    throw new SocketCallError("listen", code);
+  if (fd < 0) throw new LibcError("socket", errno());
+  for (const [call, result] of [
+    ["bind", () => lib.bind(fd, address, address.length)],
+    ["listen", () => lib.listen(fd, backlog)],
+  ] as const) {
+    if (result() !== 0) {
+      const code = errno();
+      lib.close(fd);
+      throw new LibcError(call, code);
+    }
   }
   return fd;
 }

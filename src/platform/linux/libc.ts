@@ -1,0 +1,45 @@
+/**
+ * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll),
+ * opened once on first use through bun:ffi.
+ */
+import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
+import { constants } from "node:os";
+
+function open() {
+  return dlopen("libc.so.6", {
+    socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    close: { args: [FFIType.i32], returns: FFIType.i32 },
+    fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    __errno_location: { args: [], returns: FFIType.ptr },
+  }).symbols;
+}
+
+let symbols: ReturnType<typeof open> | null = null;
+
+export function libc(): ReturnType<typeof open> {
+  return (symbols ??= open());
+}
+
+/** errno of the last failed call on this thread; read it right after the call. */
+export function errno(): number {
+  return read.i32(libc().__errno_location() as Pointer, 0);
+}
+
+export function errnoName(code: number): string {
+  for (const [name, value] of Object.entries(constants.errno)) if (value === code) return name;
+  return "unknown error";
+}
+
+/** A failed libc call, named with its errno: "fcntl() failed: EBADF (errno 9)". */
+export class LibcError extends Error {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+  ) {
+    super(`${call}() failed: ${errnoName(errno)} (errno ${errno})`);
+    this.name = "LibcError";
+  }
+}

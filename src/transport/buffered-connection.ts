@@ -1,0 +1,97 @@
+/**
+ * What every byte-stream Connection shares: writes the peer cannot take yet
+ * are queued and retried, and reading pauses while the session is full or
+ * too much output is waiting — so a host that never reads its replies cannot
+ * grow the agent's memory.
+ */
+import type { Connection, ConnectionHandler } from "./transport.ts";
+
+/** Above this many unsent bytes, stop reading requests until the peer catches up. */
+export const OUTPUT_HIGH_WATER_BYTES = 4 * 1024 * 1024;
+
+export abstract class BufferedConnection implements Connection {
+  handler: ConnectionHandler | null = null;
+  private readonly queue: Uint8Array[] = [];
+  private queuedBytes = 0;
+  private pausedBySession = false;
+  private readPaused = false;
+  protected closed = false;
+
+  constructor(readonly transport: string) {}
+
+  /** Write what the peer takes now; return the count (0 when it is full). Throws when the connection is broken. */
+  protected abstract writeSome(bytes: Uint8Array): number;
+  /** Arrange for flush() to run when the peer may take more. */
+  protected abstract retryLater(): void;
+  protected abstract setReadPaused(paused: boolean): void;
+  protected abstract endTransport(): void;
+
+  send(bytes: Uint8Array): void {
+    if (this.closed) return;
+    if (this.queue.length === 0) {
+      const written = this.tryWrite(bytes);
+      if (written === bytes.length || this.closed) return;
+      bytes = bytes.subarray(written);
+    }
+    this.queue.push(bytes);
+    this.queuedBytes += bytes.length;
+    if (this.queue.length === 1) this.retryLater();
+    this.updateReading();
+  }
+
+  flush(): void {
+    while (this.queue.length > 0 && !this.closed) {
+      const head = this.queue[0]!;
+      const written = this.tryWrite(head);
+      this.queuedBytes -= written;
+      if (written < head.length) {
+        this.queue[0] = head.subarray(written);
+        if (!this.closed) this.retryLater();
+        break;
+      }
+      this.queue.shift();
+    }
+    this.updateReading();
+  }
+
+  pause(): void {
+    this.pausedBySession = true;
+    this.updateReading();
+  }
+
+  resume(): void {
+    this.pausedBySession = false;
+    this.updateReading();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.endTransport();
+    this.markClosed();
+  }
+
+  /** The peer is gone: drop what was queued and tell the session once. */
+  markClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue.length = 0;
+    this.queuedBytes = 0;
+    this.handler?.onClose();
+  }
+
+  private tryWrite(bytes: Uint8Array): number {
+    try {
+      return Math.max(this.writeSome(bytes), 0);
+    } catch {
+      this.markClosed();
+      return 0;
+    }
+  }
+
+  private updateReading(): void {
+    const shouldPause = this.pausedBySession || this.queuedBytes > OUTPUT_HIGH_WATER_BYTES;
+    if (shouldPause === this.readPaused || this.closed) return;
+    this.readPaused = shouldPause;
+    this.setReadPaused(shouldPause);
+  }
+}

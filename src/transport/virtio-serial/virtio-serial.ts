@@ -1,0 +1,207 @@
+/**
+ * A virtio-serial port (/dev/virtio-ports/NAME) — one host connection at a time.
+ *
+ * The port exists whether or not a host is connected to its chardev, so the
+ * loop is: wait for the device node (hot-plug, slow boot), open it once, then
+ * for each host: wait for it without spinning, serve it with a fresh session
+ * (fresh framing state) until its stream ends, and start again. A read or
+ * device error (unplug) closes the port and goes back to waiting for it.
+ */
+import { existsSync } from "node:fs";
+import type { Logger } from "../../log/logger.ts";
+import { BufferedConnection } from "../buffered-connection.ts";
+import type { AcceptConnection, Transport } from "../transport.ts";
+import { LinuxPortDevice } from "./linux.ts";
+
+/** The OS half of the transport: one open port. */
+export interface PortDevice {
+  /** False while no host is connected to the chardev. */
+  hostConnected(): boolean;
+  /** Resolves when a host connects (or when stillWanted() turns false), without spinning. */
+  waitForHost(stillWanted: () => boolean): Promise<void>;
+  /** Ends when the host disconnects; errors when the device fails. */
+  readStream(): ReadableStream<Uint8Array>;
+  /** Bytes taken now; 0 when the port cannot take more yet. Throws when the device is broken. */
+  writeSome(bytes: Uint8Array): number;
+  close(): void;
+}
+
+export type OpenPort = (path: string) => PortDevice;
+
+/** Delays for polling a missing device: quick at first, then at most once a second. */
+export class Backoff {
+  private delay: number;
+
+  constructor(
+    private readonly initialMs = 20,
+    private readonly maxMs = 1_000,
+  ) {
+    this.delay = initialMs;
+  }
+
+  next(): number {
+    const current = this.delay;
+    this.delay = Math.min(this.delay * 2, this.maxMs);
+    return current;
+  }
+
+  reset(): void {
+    this.delay = this.initialMs;
+  }
+}
+
+function openLinuxPort(path: string): PortDevice {
+  if (process.platform === "win32") throw new Error("the virtio-serial transport is not available on Windows yet");
+  return LinuxPortDevice.open(path);
+}
+
+export class VirtioSerialTransport implements Transport {
+  readonly name = "virtio-serial";
+  private running = false;
+  private port: PortDevice | null = null;
+  private readonly backoff = new Backoff();
+  /** Each distinct problem is logged once until it changes, not once per retry. */
+  private lastProblem = "";
+
+  constructor(
+    private readonly path: string,
+    private readonly logger: Logger,
+    private readonly openPort: OpenPort = openLinuxPort,
+  ) {}
+
+  async start(accept: AcceptConnection): Promise<void> {
+    this.running = true;
+    void this.serve(accept);
+  }
+
+  async close(): Promise<void> {
+    this.running = false;
+    this.port?.close();
+    this.port = null;
+  }
+
+  private async serve(accept: AcceptConnection): Promise<void> {
+    while (this.running) {
+      if (!existsSync(this.path)) {
+        this.problem("port not present yet; waiting for it");
+        await Bun.sleep(this.backoff.next());
+        continue;
+      }
+      let port: PortDevice;
+      try {
+        port = this.openPort(this.path);
+      } catch (error) {
+        this.problem(`cannot open port: ${(error as Error).message}`);
+        await Bun.sleep(this.backoff.next());
+        continue;
+      }
+      this.port = port;
+      this.lastProblem = "";
+      this.backoff.reset();
+      this.logger.info("port open", { transport: this.name, path: this.path });
+      try {
+        await this.serveHosts(port, accept);
+      } catch (error) {
+        if (this.running) this.problem(`port failed; reopening: ${(error as Error).message}`);
+        await Bun.sleep(this.backoff.next());
+      } finally {
+        port.close();
+        this.port = null;
+      }
+    }
+  }
+
+  /** One host after another on an open port; throws when the device fails. */
+  private async serveHosts(port: PortDevice, accept: AcceptConnection): Promise<void> {
+    while (this.running) {
+      if (!port.hostConnected()) {
+        this.logger.debug("waiting for a host", { transport: this.name });
+        await port.waitForHost(() => this.running);
+        continue;
+      }
+      const connection = new PortConnection(this.name, port);
+      connection.handler = accept(connection);
+      this.logger.debug("host connected", { transport: this.name });
+      let received = 0;
+      const reader = port.readStream().getReader();
+      try {
+        for (;;) {
+          await connection.readable();
+          const { done, value } = await reader.read();
+          if (done) break;
+          received += value.length;
+          connection.handler.onData(value);
+        }
+      } finally {
+        reader.releaseLock();
+        connection.markClosed();
+      }
+      this.logger.debug("host disconnected", { transport: this.name });
+      // A stream that ends at once while poll() says connected must not become a busy loop.
+      if (received === 0) await Bun.sleep(this.backoff.next());
+      else this.backoff.reset();
+    }
+  }
+
+  private problem(message: string): void {
+    if (message === this.lastProblem) return;
+    this.lastProblem = message;
+    this.logger.warn(message, { transport: this.name, path: this.path });
+  }
+}
+
+/** One host's connection on the port; output waits in the queue while the port is full. */
+class PortConnection extends BufferedConnection {
+  private resumeReading: { promise: Promise<void>; resolve: () => void } | null = null;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private retryDelayMs = 1;
+
+  constructor(
+    transport: string,
+    private readonly port: PortDevice,
+  ) {
+    super(transport);
+  }
+
+  /** Resolves when the session can take more data. */
+  readable(): Promise<void> {
+    return this.resumeReading?.promise ?? Promise.resolve();
+  }
+
+  protected writeSome(bytes: Uint8Array): number {
+    const written = this.port.writeSome(bytes);
+    if (written > 0) this.retryDelayMs = 1;
+    return written;
+  }
+
+  /** The driver gives no signal when it can take output again: retry soon, backing off to 16 ms. */
+  protected retryLater(): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.flush();
+    }, this.retryDelayMs);
+    this.retryDelayMs = Math.min(this.retryDelayMs * 2, 16);
+  }
+
+  protected setReadPaused(paused: boolean): void {
+    if (paused) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.resumeReading = { promise, resolve };
+    } else {
+      this.resumeReading?.resolve();
+      this.resumeReading = null;
+    }
+  }
+
+  /** The port stays open for the next host; only this connection ends. */
+  protected endTransport(): void {}
+
+  override markClosed(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.setReadPaused(false);
+    super.markClosed();
+  }
+}
