@@ -121,7 +121,6 @@ export class VirtioSerialTransport implements Transport {
       }
       const connection = new PortConnection(this.name, port);
       connection.handler = accept(connection);
-      this.logger.debug("host connected", { transport: this.name });
       let received = 0;
       const reader = port.readStream().getReader();
       try {
