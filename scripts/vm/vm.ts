@@ -1,0 +1,306 @@
+/**
+ * The test VM: a busybox initramfs (scripts/vm/build-initramfs.sh) with our
+ * binary and Debian's qemu-ga, booted under TCG with the two virtio-serial
+ * ports on host unix sockets, a QMP socket, an optional virtio disk and
+ * restricted user networking. Used by test/vm/*.vm.ts and scripts/bench.ts.
+ *
+ * Everything it starts it stops by PID, also when the test process dies.
+ * KVM is broken on these machines: TCG with one vCPU, `-cpu max` (Bun needs AVX2).
+ */
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+
+const ROOT = join(import.meta.dir, "..", "..");
+const CACHE = join(ROOT, ".vm");
+export const AGENT_PORT = "org.kvmmanager.agent.0";
+export const QGA_PORT = "org.qemu.guest_agent.0";
+
+/** Config of the agent inside the test VM: exec on (busybox applets all resolve to /bin/busybox). */
+export const GUEST_CONFIG = `[security]
+enable_exec = true
+allowed_commands = ["sh", "sleep", "cat", "echo", "true", "false"]
+allowed_file_paths = ["/tmp", "/mnt"]
+
+[logging]
+level = "debug"
+format = "text"
+audit_file = "/tmp/audit.jsonl"
+`;
+
+/** Starts qemu-ga on its port and our agent on its own, as a distribution's units would. */
+const GUEST_RUN = `#!/bin/sh
+mkdir -p /run/qga
+if [ -x /usr/sbin/qemu-ga ]; then
+  /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT} -t /run/qga -f /run/qga/qemu-ga.pid -l /tmp/qemu-ga.log &
+fi
+exec /usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml "$@"
+`;
+
+export function newestKernel(): string {
+  const kernels = readdirSync("/boot").filter((f) => /^vmlinuz-.*-cloud-amd64$/.test(f)).sort();
+  if (kernels.length === 0) throw new Error("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64");
+  return join("/boot", kernels.at(-1)!);
+}
+
+/**
+ * The initramfs for a given agent binary, cached under .vm/ by the content of
+ * its inputs so that every VM of a test run shares one build.
+ */
+export async function guestImage(agentBinary: string): Promise<string> {
+  mkdirSync(CACHE, { recursive: true });
+  const script = join(import.meta.dir, "build-initramfs.sh");
+  const hash = createHash("sha256");
+  for (const file of [agentBinary, script]) {
+    const st = statSync(file);
+    hash.update(`${file}:${st.size}:${st.mtimeMs}\n`);
+  }
+  hash.update(GUEST_CONFIG + GUEST_RUN);
+  const out = join(CACHE, `guest-${hash.digest("hex").slice(0, 16)}.cpio`);
+  if (existsSync(out)) return out;
+  const staging = mkdtempSync(join(tmpdir(), "kma-guest-"));
+  try {
+    writeFileSync(join(staging, "config.toml"), GUEST_CONFIG);
+    writeFileSync(join(staging, "run"), GUEST_RUN, { mode: 0o755 });
+    const files = [
+      `${agentBinary}:/usr/bin/kvm-manager-agent`,
+      `${join(staging, "config.toml")}:/etc/kvm-manager-agent/config.toml`,
+      `${join(staging, "run")}:/agent/run`,
+    ];
+    if (existsSync("/usr/sbin/qemu-ga")) files.push("/usr/sbin/qemu-ga:/usr/sbin/qemu-ga");
+    const build = Bun.spawnSync(["bash", script, `${out}.tmp`, ...files], { stdout: "pipe", stderr: "pipe" });
+    if (build.exitCode !== 0) throw new Error(`build-initramfs.sh failed:\n${build.stderr}`);
+    // Keep only the newest image: each is ~110 MB.
+    for (const old of readdirSync(CACHE)) if (old.startsWith("guest-") && old.endsWith(".cpio")) rmSync(join(CACHE, old));
+    Bun.spawnSync(["mv", `${out}.tmp`, out]);
+    return out;
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+export interface BootOptions {
+  image: string;
+  /** Extra kernel command line, e.g. "agent_args=--log-level,info". */
+  append?: string;
+  /** Leave out the agent's port at boot (to hot-plug it later). */
+  withoutAgentPort?: boolean;
+  /** Let a guest reboot restart the VM instead of ending QEMU. */
+  allowReboot?: boolean;
+  /** Attach a blank virtio disk of this many MiB (/dev/vda). */
+  diskMiB?: number;
+  memMiB?: number;
+}
+
+const running = new Set<TestVm>();
+process.on("exit", () => {
+  for (const vm of running) vm.kill();
+});
+
+export class TestVm {
+  readonly agentSocket: string;
+  readonly qgaSocket: string;
+  readonly qmpSocket: string;
+  readonly consolePath: string;
+  private qmp: Qmp | null = null;
+
+  private constructor(
+    readonly dir: string,
+    private readonly proc: Subprocess,
+    readonly startedAt: number,
+  ) {
+    this.agentSocket = join(dir, "agent.sock");
+    this.qgaSocket = join(dir, "qga.sock");
+    this.qmpSocket = join(dir, "qmp.sock");
+    this.consolePath = join(dir, "console.log");
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+
+  static async boot(options: BootOptions): Promise<TestVm> {
+    const dir = mkdtempSync(join(tmpdir(), "kma-vm-"));
+    const args = [
+      "qemu-system-x86_64",
+      ...["-accel", "tcg", "-cpu", process.env.VM_CPU ?? "max", "-smp", "1", "-m", String(options.memMiB ?? 512)],
+      ...["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-monitor", "none"],
+      ...(options.allowReboot ? [] : ["-no-reboot"]),
+      ...["-kernel", newestKernel(), "-initrd", options.image],
+      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.append ?? ""}`],
+      ...["-serial", `file:${join(dir, "console.log")}`],
+      ...["-qmp", `unix:${join(dir, "qmp.sock")},server=on,wait=off`],
+      ...["-device", "virtio-serial-pci,id=vser0"],
+      ...["-chardev", `socket,path=${join(dir, "qga.sock")},server=on,wait=off,id=qgachr`],
+      ...["-device", `virtserialport,chardev=qgachr,name=${QGA_PORT},id=qgaport`],
+      ...["-nic", "user,restrict=on,model=virtio-net-pci"],
+    ];
+    if (!options.withoutAgentPort) args.push(...TestVm.agentPortArgs(join(dir, "agent.sock")));
+    if (options.diskMiB) {
+      const disk = join(dir, "disk.raw");
+      writeFileSync(disk, "");
+      Bun.spawnSync(["truncate", "-s", `${options.diskMiB}M`, disk]);
+      args.push("-drive", `file=${disk},format=raw,if=virtio,cache=unsafe`);
+    }
+    const proc = Bun.spawn(args, { stdin: "ignore", stdout: Bun.file(join(dir, "qemu.out")), stderr: Bun.file(join(dir, "qemu.err")) });
+    const vm = new TestVm(dir, proc, performance.now());
+    running.add(vm);
+    try {
+      const deadline = Date.now() + 10_000;
+      while (!existsSync(vm.qmpSocket)) {
+        if (proc.exitCode !== null) throw new Error(`qemu exited at start: ${vm.qemuErrors()}`);
+        if (Date.now() > deadline) throw new Error("qemu did not create its QMP socket");
+        await Bun.sleep(20);
+      }
+      vm.qmp = await Qmp.connect(vm.qmpSocket);
+    } catch (error) {
+      await vm.stop();
+      throw error;
+    }
+    return vm;
+  }
+
+  private static agentPortArgs(socket: string): string[] {
+    return ["-chardev", `socket,path=${socket},server=on,wait=off,id=agentchr`, "-device", `virtserialport,chardev=agentchr,name=${AGENT_PORT},id=agentport`];
+  }
+
+  /** Run a QMP command; throws with QEMU's error text. */
+  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    return this.qmp!.execute(command, args);
+  }
+
+  /** Hot-plug the agent's port (and its chardev) through QMP, as `virsh attach-device` would. */
+  async plugAgentPort(): Promise<void> {
+    await this.execute("chardev-add", {
+      id: "agentchr",
+      backend: { type: "socket", data: { addr: { type: "unix", data: { path: this.agentSocket } }, server: true, wait: false } },
+    });
+    await this.execute("device_add", { driver: "virtserialport", bus: "vser0.0", chardev: "agentchr", name: AGENT_PORT, id: "agentport" });
+  }
+
+  async unplugAgentPort(): Promise<void> {
+    await this.execute("device_del", { id: "agentport" });
+    await this.qmp!.waitForEvent("DEVICE_DELETED", (data) => (data as { device?: string }).device === "agentport", 30_000);
+    await this.execute("chardev-remove", { id: "agentchr" });
+  }
+
+  console(): string {
+    return existsSync(this.consolePath) ? readFileSync(this.consolePath, "utf8") : "";
+  }
+
+  /** Waits until the console shows `pattern` (the guest's own words, not a sleep). */
+  async waitForConsole(pattern: RegExp, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pattern.test(this.console())) {
+      if (this.proc.exitCode !== null) throw new Error(`VM exited while waiting for ${pattern}:\n${this.console().slice(-3000)}`);
+      if (Date.now() > deadline) throw new Error(`console never showed ${pattern}:\n${this.console().slice(-3000)}`);
+      await Bun.sleep(50);
+    }
+  }
+
+  /** Resolves with QEMU's exit code once the VM is gone (after a guest poweroff), or throws after timeoutMs. */
+  async waitForExit(timeoutMs: number): Promise<number> {
+    const timeout = Bun.sleep(timeoutMs).then(() => "timeout" as const);
+    const result = await Promise.race([this.proc.exited, timeout]);
+    if (result === "timeout") throw new Error(`VM still running after ${timeoutMs} ms`);
+    running.delete(this);
+    return result;
+  }
+
+  qemuErrors(): string {
+    const file = join(this.dir, "qemu.err");
+    return existsSync(file) ? readFileSync(file, "utf8") : "";
+  }
+
+  async stop(): Promise<void> {
+    if (this.proc.exitCode === null) {
+      try {
+        await Promise.race([this.qmp?.execute("quit"), Bun.sleep(2_000)]);
+      } catch {
+        // QEMU may close QMP before it answers quit.
+      }
+      const exited = await Promise.race([this.proc.exited.then(() => true), Bun.sleep(3_000).then(() => false)]);
+      if (!exited) this.kill();
+      await this.proc.exited;
+    }
+    this.qmp?.close();
+    running.delete(this);
+    if (!process.env.KMA_KEEP_VM) rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  kill(): void {
+    if (this.proc.exitCode === null) this.proc.kill("SIGKILL");
+  }
+}
+
+/** A minimal QMP client: one command at a time, events kept for waitForEvent. */
+class Qmp {
+  private buffer = "";
+  private readonly pending: { resolve(value: unknown): void; reject(error: Error): void }[] = [];
+  private readonly events: { event: string; data: unknown }[] = [];
+  private eventWaiters: (() => void)[] = [];
+
+  private constructor(private readonly socket: import("bun").Socket<undefined>) {}
+
+  static async connect(path: string): Promise<Qmp> {
+    let qmp!: Qmp;
+    let greeted!: () => void;
+    const greeting = new Promise<void>((r) => (greeted = r));
+    const socket = await Bun.connect({
+      unix: path,
+      socket: {
+        data(_, chunk) {
+          qmp.receive(chunk.toString(), greeted);
+        },
+      },
+    });
+    qmp = new Qmp(socket);
+    await greeting;
+    await qmp.execute("qmp_capabilities");
+    return qmp;
+  }
+
+  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ resolve, reject });
+      this.socket.write(JSON.stringify(args ? { execute: command, arguments: args } : { execute: command }) + "\n");
+    });
+  }
+
+  async waitForEvent(name: string, match: (data: unknown) => boolean, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const index = this.events.findIndex((e) => e.event === name && match(e.data));
+      if (index >= 0) {
+        this.events.splice(index, 1);
+        return;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`QMP event ${name} did not come within ${timeoutMs} ms`);
+      await Promise.race([new Promise<void>((r) => this.eventWaiters.push(r)), Bun.sleep(left)]);
+    }
+  }
+
+  close(): void {
+    this.socket.end();
+  }
+
+  private receive(text: string, greeted: () => void): void {
+    this.buffer += text;
+    let newline: number;
+    while ((newline = this.buffer.indexOf("\n")) >= 0) {
+      const line = this.buffer.slice(0, newline).trim();
+      this.buffer = this.buffer.slice(newline + 1);
+      if (!line) continue;
+      const message = JSON.parse(line);
+      if ("QMP" in message) greeted();
+      else if ("event" in message) {
+        this.events.push({ event: message.event, data: message.data });
+        for (const wake of this.eventWaiters.splice(0)) wake();
+      } else if ("return" in message) this.pending.shift()?.resolve(message.return);
+      else if ("error" in message) this.pending.shift()?.reject(new Error(`QMP: ${message.error.desc}`));
+    }
+  }
+}
