@@ -8,9 +8,11 @@
  *    no thread of Bun's small I/O pool is ever parked on the port;
  *  - while no host is connected, read() returns 0 and poll() reports POLLHUP
  *    at once, so neither can wait; the driver sends SIGIO on host connect and
- *    disconnect when O_ASYNC is set, which is what waitForHost() sleeps on.
+ *    disconnect when O_ASYNC is set, which is what waitForHost() sleeps on;
+ *  - after a hot-unplug poll() still reports POLLHUP, but read() fails with
+ *    ENODEV: that is how a removed port is told from an absent host.
  */
-import { closeSync, constants, openSync, writeSync } from "node:fs";
+import { closeSync, constants, openSync, readSync, writeSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, libc, LibcError } from "../../platform/linux/libc.ts";
 import type { PortDevice } from "./virtio-serial.ts";
@@ -41,6 +43,8 @@ function installSigioHandler(): void {
 }
 
 export class LinuxPortDevice implements PortDevice {
+  private readonly scratch = new Uint8Array(4096);
+
   private constructor(private readonly fd: number) {}
 
   static open(path: string): LinuxPortDevice {
@@ -54,7 +58,19 @@ export class LinuxPortDevice implements PortDevice {
     if (libc().poll(ptr(pollfd), 1, 0) < 0) throw new LibcError("poll", errno());
     const revents = pollfd[3]!;
     if (revents & (POLLERR | POLLNVAL)) throw new Error(`port is in error (poll revents 0x${revents.toString(16)})`);
-    return (revents & POLLHUP) === 0;
+    if ((revents & POLLHUP) === 0) return true;
+    // No host, or no port any more: a non-blocking read tells which (ENODEV throws).
+    for (;;) {
+      let n: number;
+      try {
+        n = readSync(this.fd, this.scratch);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === "EAGAIN") return true; // a host connected meanwhile
+        throw error;
+      }
+      if (n === 0) return false;
+      // Bytes a departed host sent last: the next host starts a fresh stream (and resyncs), so drop them.
+    }
   }
 
   async waitForHost(stillWanted: () => boolean): Promise<void> {

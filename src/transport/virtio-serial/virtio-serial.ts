@@ -15,9 +15,9 @@ import { LinuxPortDevice } from "./linux.ts";
 
 /** The OS half of the transport: one open port. */
 export interface PortDevice {
-  /** False while no host is connected to the chardev. */
+  /** False while no host is connected to the chardev; throws when the port is gone (unplugged). */
   hostConnected(): boolean;
-  /** Resolves when a host connects (or when stillWanted() turns false), without spinning. */
+  /** Resolves when a host connects (or when stillWanted() turns false), without spinning; throws when the port is gone. */
   waitForHost(stillWanted: () => boolean): Promise<void>;
   /** Ends when the host disconnects; errors when the device fails. */
   readStream(): ReadableStream<Uint8Array>;
