@@ -1,5 +1,6 @@
 /** Wires config, audit, dispatcher and transport together and runs until stopped. */
 import type { AgentConfig } from "./config/schema.ts";
+import { createServices } from "./create-services.ts";
 import { noAudit, openAuditFile } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
 import { Dispatcher } from "./protocol/dispatcher.ts";
@@ -18,12 +19,15 @@ export interface RunningAgent {
 export async function startAgent(config: AgentConfig, logger: Logger): Promise<RunningAgent> {
   const auditFile = config.logging.audit_file;
   const audit = auditFile ? openAuditFile(auditFile) : noAudit;
-  const dispatcher = new Dispatcher({ config, audit, logger });
+  const services = createServices(config, logger, audit);
+  const dispatcher = new Dispatcher({ config, audit, logger, services });
   let stopping: Promise<void> | null = null;
   const stop = (reason: string) =>
     (stopping ??= (async () => {
       logger.info("stopping", { reason });
       await transport.close();
+      services.exec.killAll();
+      services.files.close();
       await audit.close();
     })());
   const transport = createTransport(config, logger, () => void stop("stdin closed").then(() => process.exit(0)));

@@ -8,6 +8,7 @@ import { stringify as toToml } from "smol-toml";
 import { startAgent } from "./agent.ts";
 import { applyArgs, parseAgentArgs, UsageError, type AgentArgs } from "./cli/agent-args.ts";
 import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.ts";
+import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
 import { createLogger } from "./log/logger.ts";
@@ -36,6 +37,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     if (verb === "call" || hostMethod(verb)) return runHostCommand(verb, argv.slice(1));
+    if (isTransferVerb(verb)) return runTransferCommand(verb, argv.slice(1));
     throw new UsageError(`unknown command '${verb}' (see --help)`);
   }
   const args = parseAgentArgs(argv);

@@ -90,6 +90,20 @@ describe("typed calls against a real agent", () => {
     }
   });
 
+  test("a request frame above the agent's max_frame_bytes fails at once with -32004, not by timeout", async () => {
+    const client = await AgentClient.connect(socket, { timeoutMs: 20_000 });
+    try {
+      const started = performance.now();
+      const error = await client.ping({ payload: "x".repeat(17 * 1024 * 1024) }).catch((e) => e);
+      expect(error).toBeInstanceOf(AgentRpcError);
+      expect(error.code).toBe(-32004);
+      expect(performance.now() - started).toBeLessThan(15_000);
+      expect(await client.ping({ payload: "still in sync" })).toEqual({ pong: true, payload: "still in sync" });
+    } finally {
+      client.close();
+    }
+  });
+
   test("waitReady resolves at once on a live agent", async () => {
     const client = await AgentClient.connect(socket);
     await client.waitReady({ timeoutMs: 5000 });

@@ -35,7 +35,7 @@ describe("config file", () => {
     expect(config.security.enable_exec).toBe(true);
     expect(config.security.allowed_commands).toEqual(["uptime"]);
     expect(config.security.enable_file_copy).toBe(true);
-    expect(config.limits).toEqual({ max_frame_bytes: 65536, max_in_flight: 64, max_batch_requests: 1024 });
+    expect(config.limits).toEqual({ ...defaultConfig().limits, max_frame_bytes: 65536 });
     expect(config.transport.type).toBe("unix-listen");
   });
 

@@ -3,24 +3,34 @@ import { join } from "node:path";
 import { z } from "zod";
 import { renderProtocolDoc } from "../src/docs/protocol-doc.ts";
 import { APPLICATION_ERRORS, JSONRPC_ERRORS } from "../src/protocol/errors.ts";
-import { METHOD_NAMES, METHODS } from "../src/schema/methods.ts";
+import { METHOD_NAMES, METHODS, NOTIFICATIONS } from "../src/schema/methods.ts";
 
 test("docs/protocol.md is what the schemas generate (run `npm run docs` after changing a schema)", async () => {
   const onDisk = await Bun.file(join(import.meta.dir, "../docs/protocol.md")).text();
   expect(onDisk).toBe(renderProtocolDoc());
 });
 
-test("every method has a summary and JSON-Schema-representable params and result", () => {
+/** An object schema, or a union of object schemas (get_metrics answers in one of two shapes). */
+function isObjectSchema(schema: Record<string, unknown>): boolean {
+  const variants = (schema.oneOf ?? schema.anyOf) as Record<string, unknown>[] | undefined;
+  return variants ? variants.every(isObjectSchema) : schema.type === "object";
+}
+
+test("every method and notification has a summary and JSON-Schema-representable object params and result", () => {
   for (const name of METHOD_NAMES) {
     expect(METHODS[name].summary.length).toBeGreaterThan(10);
-    expect(z.toJSONSchema(METHODS[name].params)).toHaveProperty("type", "object");
-    expect(z.toJSONSchema(METHODS[name].result)).toHaveProperty("type", "object");
+    expect(isObjectSchema(z.toJSONSchema(METHODS[name].params, { io: "input" }) as Record<string, unknown>)).toBe(true);
+    expect(isObjectSchema(z.toJSONSchema(METHODS[name].result) as Record<string, unknown>)).toBe(true);
+  }
+  for (const def of Object.values(NOTIFICATIONS)) {
+    expect(def.summary.length).toBeGreaterThan(10);
+    expect(isObjectSchema(z.toJSONSchema(def.params) as Record<string, unknown>)).toBe(true);
   }
 });
 
 test("every method and every error code appears in the doc", () => {
   const doc = renderProtocolDoc();
-  for (const name of METHOD_NAMES) expect(doc).toContain(`### \`${name}\``);
+  for (const name of [...METHOD_NAMES, ...Object.keys(NOTIFICATIONS)]) expect(doc).toContain(`### \`${name}\``);
   for (const { code } of [...Object.values(JSONRPC_ERRORS), ...Object.values(APPLICATION_ERRORS)]) expect(doc).toContain(`| ${code} |`);
 });
 

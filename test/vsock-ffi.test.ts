@@ -17,6 +17,7 @@ import { socketHandlers } from "../src/transport/socket-connection.ts";
 import { LibcError } from "../src/platform/linux/libc.ts";
 import { AF_UNIX, AF_VSOCK, listenStreamSocket, sockaddrUn, sockaddrVm, VMADDR_CID_ANY } from "../src/transport/vsock/ffi.ts";
 import { noAudit } from "../src/log/audit.ts";
+import { createServices } from "../src/create-services.ts";
 
 describe("sockaddr encoding", () => {
   test("sockaddr_vm is 16 bytes: family, reserved, port, cid, flags", () => {
@@ -38,7 +39,7 @@ describe("listenStreamSocket", () => {
     const fd = listenStreamSocket(AF_UNIX, sockaddrUn(path));
     expect(fd).toBeGreaterThan(2);
     const config = defaultConfig();
-    const dispatcher = new Dispatcher({ config, audit: noAudit, logger: silentLogger });
+    const dispatcher = new Dispatcher({ config, audit: noAudit, logger: silentLogger, services: createServices(config, silentLogger, noAudit) });
     const listen = Bun.listen as unknown as (o: { fd: number; socket: unknown }) => { stop(force: boolean): void };
     const listener = listen({ fd, socket: socketHandlers("ffi", (c) => new RpcSession(c, dispatcher, config.limits)) });
     const client = await AgentClient.connect(path);

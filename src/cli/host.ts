@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { AgentClient, AgentRpcError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
 import { isMethodName, METHOD_NAMES, METHODS, type MethodName } from "../schema/methods.ts";
 import { UsageError } from "./agent-args.ts";
+import { TRANSFER_USAGE } from "./transfer.ts";
 import { renderHuman } from "./render.ts";
 
 /** Accepts snake_case or kebab-case: get_info, get-info. */
@@ -19,6 +20,7 @@ export const HOST_USAGE = `Host commands (talk to an agent through the VM's char
   kvm-manager-agent call METHOD [PARAMS_JSON] --socket PATH [--json] [--timeout MS] [--wait MS]
   kvm-manager-agent METHOD [PARAMS_JSON] --socket PATH ...   (METHOD: ${METHOD_NAMES.join(", ")})
   kvm-manager-agent methods                                  list methods and what they do
+${TRANSFER_USAGE}
 
   --socket PATH   unix socket of the VM's port (QEMU -chardev socket,path=PATH) or of an agent on unix-listen
   --json          print the raw JSON result instead of the human rendering

@@ -2,9 +2,20 @@
  * Host-side client: connects to the unix socket of the VM's chardev (or to an
  * agent on unix-listen) and calls methods with the types of src/schema.
  */
-import { FrameDecoder, encodeFrame, SYNC_MARKER, type FrameSink } from "../protocol/framing.ts";
+import { errorCode } from "../protocol/errors.ts";
+import { FrameDecoder, encodeFrame, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "../protocol/framing.ts";
 import type { RequestId, Response } from "../protocol/jsonrpc.ts";
-import { METHOD_NAMES, METHODS, describeIssues, type MethodName, type ParamsInput, type Result } from "../schema/methods.ts";
+import {
+  METHOD_NAMES,
+  METHODS,
+  NOTIFICATIONS,
+  describeIssues,
+  type MethodName,
+  type NotificationName,
+  type NotificationParams,
+  type ParamsInput,
+  type Result,
+} from "../schema/methods.ts";
 import { socketHandlers, type SocketConnection } from "../transport/socket-connection.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 
@@ -45,6 +56,8 @@ export class AgentConnectionError extends Error {
 
 interface Pending {
   method: MethodName;
+  /** Payload bytes of the request frame: how an oversized-frame error (id null) is matched to its call. */
+  frameBytes: number;
   resolve(value: unknown): void;
   reject(error: Error): void;
   timer: ReturnType<typeof setTimeout>;
@@ -56,7 +69,7 @@ type CamelCase<S extends string> = S extends `${infer Head}_${infer Tail}` ? `${
 export type MethodCalls = {
   [M in MethodName as CamelCase<M>]: {} extends ParamsInput<M>
     ? (params?: ParamsInput<M>, options?: CallOptions) => Promise<Result<M>>
-    : (params: ParamsInput<M>, options: CallOptions | undefined) => Promise<Result<M>>;
+    : (params: ParamsInput<M>, options?: CallOptions) => Promise<Result<M>>;
 };
 
 export function camelCase(name: string): string {
@@ -71,6 +84,7 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   private nextId = 1;
   private connection: Connection | null = null;
   private closedError: Error | null = null;
+  private readonly listeners = new Map<string, Set<(params: never) => void>>();
   /** False until the agent echoes our SYNC_MARKER: whatever arrives before it is left over from an earlier host. */
   private synced = false;
 
@@ -123,8 +137,9 @@ export class AgentClient implements ConnectionHandler, FrameSink {
         this.pending.delete(id);
         reject(new AgentTimeoutError(method, timeoutMs));
       }, timeoutMs);
-      this.pending.set(id, { method, resolve: resolve as (value: unknown) => void, reject, timer });
-      this.connection!.send(encodeFrame(JSON.stringify({ jsonrpc: "2.0", id, method, params: params ?? {} })));
+      const frame = encodeFrame(JSON.stringify({ jsonrpc: "2.0", id, method, params: params ?? {} }));
+      this.pending.set(id, { method, frameBytes: frame.length - HEADER_BYTES, resolve: resolve as (value: unknown) => void, reject, timer });
+      this.connection!.send(frame);
     });
   }
 
@@ -132,6 +147,14 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   notify<M extends MethodName>(method: M, params?: ParamsInput<M>): void {
     if (this.closedError) throw this.closedError;
     this.connection!.send(encodeFrame(JSON.stringify({ jsonrpc: "2.0", method, params: params ?? {} })));
+  }
+
+  /** Listen to a notification the agent pushes (e.g. exec_output); returns the function that stops listening. */
+  onNotification<N extends NotificationName>(method: N, listener: (params: NotificationParams<N>) => void): () => void {
+    let set = this.listeners.get(method);
+    if (!set) this.listeners.set(method, (set = new Set()));
+    set.add(listener as (params: never) => void);
+    return () => set.delete(listener as (params: never) => void);
   }
 
   close(): void {
@@ -160,15 +183,17 @@ export class AgentClient implements ConnectionHandler, FrameSink {
 
   onFrame(payload: Uint8Array): void {
     if (!this.synced) return;
-    let message: Response;
+    let message: Response | { method: string; params: unknown };
     try {
-      message = JSON.parse(new TextDecoder().decode(payload)) as Response;
+      message = JSON.parse(new TextDecoder().decode(payload));
     } catch {
       return; // Not ours to answer; a garbled reply fails its call by timeout.
     }
-    const pending = this.pending.get(message.id);
+    if ("method" in message) return this.deliverNotification(message.method, message.params);
+    const id = message.id ?? this.oversizedCall(message);
+    const pending = this.pending.get(id);
     if (!pending) return; // Late reply to a call that already timed out, or an error without an id.
-    this.pending.delete(message.id);
+    this.pending.delete(id);
     clearTimeout(pending.timer);
     if ("error" in message) {
       pending.reject(new AgentRpcError(pending.method, message.error.code, message.error.message, message.error.data));
@@ -177,6 +202,26 @@ export class AgentClient implements ConnectionHandler, FrameSink {
     const checked = METHODS[pending.method].result.safeParse(message.result);
     if (checked.success) pending.resolve(checked.data);
     else pending.reject(new AgentConnectionError(`${pending.method}: reply does not match the schema: ${describeIssues(checked.error)}`));
+  }
+
+  /**
+   * The agent refuses a frame above its max_frame_bytes from the header alone,
+   * before it could read an id (so the error's id is null); data.length is the
+   * frame's length, which identifies the call that sent it.
+   */
+  private oversizedCall(message: Response): RequestId {
+    if (!("error" in message) || message.error.code !== errorCode("TOO_LARGE")) return null;
+    const length = (message.error.data as { length?: unknown } | undefined)?.length;
+    for (const [id, pending] of this.pending) if (pending.frameBytes === length) return id;
+    return null;
+  }
+
+  private deliverNotification(method: string, params: unknown): void {
+    const listeners = this.listeners.get(method);
+    if (!listeners || !Object.hasOwn(NOTIFICATIONS, method)) return;
+    const checked = NOTIFICATIONS[method as NotificationName].params.safeParse(params);
+    if (!checked.success) return; // A malformed notification is dropped, never passed on untyped.
+    for (const listener of listeners) listener(checked.data as never);
   }
 
   private failAll(error: Error): void {

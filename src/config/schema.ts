@@ -45,6 +45,15 @@ export const configSchema = z.strictObject({
       max_frame_bytes: z.number().int().min(1024).max(0xffffffff).default(DEFAULT_MAX_FRAME_BYTES),
       max_in_flight: z.number().int().min(1).max(4096).default(64),
       max_batch_requests: z.number().int().min(1).max(100_000).default(1024),
+      exec_timeout_ms: z.number().int().min(1).max(86_400_000).default(30_000),
+      exec_max_output_bytes: z.number().int().min(0).default(16 * 1024 * 1024),
+      exec_max_concurrent: z.number().int().min(1).max(1024).default(16),
+      exec_records_max: z.number().int().min(1).max(100_000).default(256),
+      exec_records_ttl_seconds: z.number().int().min(1).default(600),
+      copy_chunk_bytes: z.number().int().min(4096).default(8 * 1024 * 1024),
+      upload_max_bytes: z.number().int().min(1).default(4 * 1024 * 1024 * 1024),
+      upload_max_open: z.number().int().min(1).max(1024).default(16),
+      upload_idle_timeout_seconds: z.number().int().min(1).default(300),
     })
     .prefault({}),
   logging: z

@@ -6,7 +6,7 @@
 import { z } from "zod";
 import { APPLICATION_ERRORS, JSONRPC_ERRORS } from "../protocol/errors.ts";
 import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/framing.ts";
-import { METHOD_NAMES, METHODS, PROTOCOL_VERSION } from "../schema/methods.ts";
+import { METHOD_NAMES, METHODS, NOTIFICATIONS, PROTOCOL_VERSION, type NotificationName } from "../schema/methods.ts";
 
 const INTRO = `# kvm-manager-agent native protocol
 
@@ -109,10 +109,27 @@ ${jsonSchema(def.result)}
 `;
 }
 
+function notificationSection(name: NotificationName): string {
+  const def = NOTIFICATIONS[name];
+  return `### \`${name}\`
+
+${def.summary}
+
+Params:
+
+${jsonSchema(def.params)}
+`;
+}
+
 export function renderProtocolDoc(): string {
   return `${INTRO}
 ${errorTable()}
 ## Methods
 
-${METHOD_NAMES.map(methodSection).join("\n")}`;
+${METHOD_NAMES.map(methodSection).join("\n")}
+## Notifications (agent to host)
+
+JSON-RPC notifications the agent sends on the connection of the call that asked for them (no \`id\`, never answered).
+
+${(Object.keys(NOTIFICATIONS) as NotificationName[]).map(notificationSection).join("\n")}`;
 }

@@ -16,13 +16,17 @@ export interface AuditRecord {
   duration_ms: number;
 }
 
+/** Something a call set in motion after its reply, e.g. which tool a shutdown ran. */
+export type AuditEvent = Record<string, string | number | boolean | null>;
+
 export interface AuditLog {
   record(entry: AuditRecord): void;
+  event(name: string, fields: AuditEvent): void;
   /** Flush buffered lines; called on shutdown. */
   close(): Promise<void>;
 }
 
-export const noAudit: AuditLog = { record() {}, async close() {} };
+export const noAudit: AuditLog = { record() {}, event() {}, async close() {} };
 
 const FLUSH_INTERVAL_MS = 200;
 
@@ -42,6 +46,10 @@ export function openAuditFile(path: string): AuditLog {
   return {
     record(entry) {
       sink.write(auditLine(entry));
+      pending = true;
+    },
+    event(name, fields) {
+      sink.write(`${JSON.stringify({ ts: isoNow(), event: name, ...fields })}\n`);
       pending = true;
     },
     async close() {

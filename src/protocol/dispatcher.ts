@@ -9,6 +9,7 @@ import type { OsIdentity } from "../info/os-identity.ts";
 import type { AuditLog } from "../log/audit.ts";
 import type { Logger } from "../log/logger.ts";
 import { describeIssues, fieldIssues, isMethodName, METHOD_NAMES, METHODS, type MethodName, type Params } from "../schema/methods.ts";
+import type { CallContext, Services } from "../services.ts";
 import { errorCode, RpcError } from "./errors.ts";
 import { errorResponse, isValidId, type RequestId, type Response } from "./jsonrpc.ts";
 import type { RequestHandler } from "./session.ts";
@@ -17,22 +18,47 @@ export interface DispatcherDeps {
   config: AgentConfig;
   audit: AuditLog;
   logger: Logger;
+  services: Services;
   /** The platform probe behind get_info; tests inject their own. */
   osIdentity?: () => OsIdentity;
+  /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
+  platform?: NodeJS.Platform;
 }
+
+/** Implemented for Linux guests only until the Windows platform layer lands. */
+const LINUX_ONLY = new Set<MethodName>([
+  "get_metrics", "get_users", "shutdown", "reboot",
+  "exec", "exec_start", "exec_status", "exec_kill",
+  "copy_to_guest", "copy_from_guest", "upload_start", "upload_chunk", "upload_commit", "upload_abort", "copy_archive_to_guest",
+]);
 
 export class Dispatcher implements RequestHandler {
   private readonly methodTable: { name: string; enabled: boolean }[];
+  private readonly platform: NodeJS.Platform;
 
   constructor(private readonly deps: DispatcherDeps) {
+    this.platform = deps.platform ?? process.platform;
     this.methodTable = METHOD_NAMES.map((name) => ({ name, enabled: this.isEnabled(name) }));
   }
 
-  /** Later methods (exec, file copy) are switched by [security]; the core ones are always on. */
+  /** exec and file copy are switched by [security]; the rest are always on. */
   isEnabled(name: MethodName): boolean {
+    const { security } = this.deps.config;
     switch (name) {
-      case "ping":
-      case "get_info":
+      case "exec":
+      case "exec_start":
+      case "exec_status":
+      case "exec_kill":
+        return security.enable_exec;
+      case "copy_to_guest":
+      case "copy_from_guest":
+      case "upload_start":
+      case "upload_chunk":
+      case "upload_commit":
+      case "upload_abort":
+      case "copy_archive_to_guest":
+        return security.enable_file_copy;
+      default:
         return true;
     }
   }
@@ -41,7 +67,8 @@ export class Dispatcher implements RequestHandler {
    * One request object (already JSON-parsed). Returns the response, or null for
    * a notification. Synchronous handlers answer without a promise.
    */
-  handle(message: unknown, transport: string): Response | null | Promise<Response | null> {
+  handle(message: unknown, context: CallContext): Response | null | Promise<Response | null> {
+    const transport = context.transport;
     if (typeof message !== "object" || message === null || Array.isArray(message)) {
       return this.reject(null, "Invalid Request: expected a JSON object", transport);
     }
@@ -72,7 +99,7 @@ export class Dispatcher implements RequestHandler {
     const fail = (error: unknown): Response | null => finish(this.toErrorResponse(id, method, error));
 
     try {
-      const result = this.invoke(method, params);
+      const result = this.invoke(method, params, context);
       if (result instanceof Promise) {
         return result.then((value) => finish({ jsonrpc: "2.0", id, result: value }), fail);
       }
@@ -82,15 +109,50 @@ export class Dispatcher implements RequestHandler {
     }
   }
 
-  private invoke(method: string, params: unknown): unknown {
+  private invoke(method: string, params: unknown, context: CallContext): unknown {
     if (!isMethodName(method)) throw new RpcError("METHOD_NOT_FOUND", `Method not found: '${method}'`, { method });
     if (!this.isEnabled(method)) throw new RpcError("FORBIDDEN", `Method '${method}' is disabled by the agent's config`, { method });
+    if (this.platform === "win32" && LINUX_ONLY.has(method)) {
+      throw new RpcError("UNSUPPORTED_OS", `Method '${method}' is not supported on Windows guests yet`, { method, os: "windows" });
+    }
+    const { exec, files, metrics, users, power } = this.deps.services;
     switch (method) {
       case "ping":
         return ping(this.parseParams("ping", params));
       case "get_info":
         this.parseParams("get_info", params);
         return getInfo(this.methodTable, this.deps.osIdentity ?? currentOsIdentity);
+      case "get_metrics":
+        return metrics.collect(this.parseParams("get_metrics", params));
+      case "get_users":
+        this.parseParams("get_users", params);
+        return users.list();
+      case "shutdown":
+        return power.request("poweroff", this.parseParams("shutdown", params));
+      case "reboot":
+        return power.request("reboot", this.parseParams("reboot", params));
+      case "exec":
+        return exec.run(this.parseParams("exec", params));
+      case "exec_start":
+        return exec.start(this.parseParams("exec_start", params), context);
+      case "exec_status":
+        return exec.status(this.parseParams("exec_status", params));
+      case "exec_kill":
+        return exec.kill(this.parseParams("exec_kill", params));
+      case "copy_to_guest":
+        return files.copyTo(this.parseParams("copy_to_guest", params));
+      case "copy_from_guest":
+        return files.copyFrom(this.parseParams("copy_from_guest", params));
+      case "upload_start":
+        return files.uploadStart(this.parseParams("upload_start", params));
+      case "upload_chunk":
+        return files.uploadChunk(this.parseParams("upload_chunk", params));
+      case "upload_commit":
+        return files.uploadCommit(this.parseParams("upload_commit", params));
+      case "upload_abort":
+        return files.uploadAbort(this.parseParams("upload_abort", params));
+      case "copy_archive_to_guest":
+        return files.unpackArchive(this.parseParams("copy_archive_to_guest", params));
     }
   }
 

@@ -6,6 +6,7 @@
  */
 import type { AgentConfig } from "../config/schema.ts";
 import { silentLogger, type Logger } from "../log/logger.ts";
+import type { CallContext } from "../services.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorCode } from "./errors.ts";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "./framing.ts";
@@ -15,7 +16,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** What the session needs of the dispatcher: one request in, its response (or null) out. */
 export interface RequestHandler {
-  handle(message: unknown, transport: string): Response | null | Promise<Response | null>;
+  handle(message: unknown, context: CallContext): Response | null | Promise<Response | null>;
 }
 
 export class RpcSession implements ConnectionHandler, FrameSink {
@@ -30,6 +31,8 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private generation = 0;
   /** Replies produced while one chunk is decoded, written together: one syscall instead of one per reply. */
   private corked: Uint8Array[] | null = null;
+  /** Passed to every call: where notifications for this connection go. */
+  private readonly context: CallContext;
 
   constructor(
     private readonly connection: Connection,
@@ -38,6 +41,12 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     private readonly logger: Logger = silentLogger,
   ) {
     this.decoder = new FrameDecoder(this, limits.max_frame_bytes);
+    this.context = {
+      transport: connection.transport,
+      notify: (method, params) => {
+        if (!this.closed) this.write(encodeFrame(JSON.stringify({ jsonrpc: "2.0", method, params })));
+      },
+    };
   }
 
   onData(chunk: Uint8Array): void {
@@ -130,7 +139,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     const reply = (response: Response | null) => done(generation === this.generation ? response : null);
     const run = () => {
       this.inFlight++;
-      const out = this.dispatcher.handle(message, this.connection.transport);
+      const out = this.dispatcher.handle(message, this.context);
       if (out instanceof Promise) void out.then((response) => this.finish(response, reply));
       else this.finish(out, reply);
     };

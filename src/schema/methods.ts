@@ -4,19 +4,13 @@
  * docs/protocol.md is generated from it (test/protocol-doc.test.ts fails on drift).
  */
 import { z } from "zod";
+import { EXEC_METHODS, EXEC_NOTIFICATIONS } from "./exec.ts";
+import { FILE_METHODS } from "./files.ts";
+import { SYSTEM_METHODS } from "./system.ts";
 
 /** Bumped when a method changes shape incompatibly; new methods show up in get_info instead. */
 export const PROTOCOL_VERSION = 1;
 
-export interface MethodDefinition<P extends z.ZodType, R extends z.ZodType> {
-  summary: string;
-  params: P;
-  result: R;
-}
-
-function method<P extends z.ZodType, R extends z.ZodType>(def: MethodDefinition<P, R>): MethodDefinition<P, R> {
-  return def;
-}
 
 const ipAddress = z.strictObject({
   interface: z.string().describe("Interface name, e.g. eth0"),
@@ -25,8 +19,8 @@ const ipAddress = z.strictObject({
   prefix: z.number().int().min(0).max(128).describe("Prefix length (CIDR)"),
 });
 
-export const METHODS = {
-  ping: method({
+const CORE_METHODS = {
+  ping: {
     summary: "Liveness check. Echoes the optional payload back unchanged.",
     params: z.strictObject({
       payload: z.unknown().optional().describe("Any JSON value; returned as is"),
@@ -35,8 +29,8 @@ export const METHODS = {
       pong: z.literal(true),
       payload: z.unknown().optional().describe("The payload of the request, when one was sent"),
     }),
-  }),
-  get_info: method({
+  },
+  get_info: {
     summary: "Guest identity, agent and protocol versions, and the methods this agent serves with their enabled flag.",
     params: z.strictObject({}),
     result: z.strictObject({
@@ -57,8 +51,15 @@ export const METHODS = {
         .array(z.strictObject({ name: z.string(), enabled: z.boolean() }))
         .describe("Every method this agent knows; enabled is false when the config switches it off"),
     }),
-  }),
+  },
 } as const;
+
+export const METHODS = { ...CORE_METHODS, ...SYSTEM_METHODS, ...EXEC_METHODS, ...FILE_METHODS };
+
+/** What the agent sends unasked, as JSON-RPC notifications. */
+export const NOTIFICATIONS = { ...EXEC_NOTIFICATIONS };
+export type NotificationName = keyof typeof NOTIFICATIONS;
+export type NotificationParams<N extends NotificationName> = z.output<(typeof NOTIFICATIONS)[N]["params"]>;
 
 export type MethodName = keyof typeof METHODS;
 export const METHOD_NAMES = Object.keys(METHODS) as MethodName[];

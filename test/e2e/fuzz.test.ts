@@ -241,7 +241,7 @@ const generators: [weight: number, make: () => Case][] = [
         expected = [-32602, id];
         break;
       default:
-        request.method = pick(["Ping", "ping ", "get-info", "exec", "__proto__", "hasOwnProperty", randomString(8) + "!"]);
+        request.method = pick(["Ping", "ping ", "get-info", "exec_now", "__proto__", "hasOwnProperty", randomString(8) + "!"]);
         expected = [-32601, id];
     }
     const [code, replyId] = expected;

@@ -1,6 +1,7 @@
 import { defaultConfig, type AgentConfig } from "../../src/config/schema.ts";
-import type { AuditLog, AuditRecord } from "../../src/log/audit.ts";
+import type { AuditEvent, AuditLog, AuditRecord } from "../../src/log/audit.ts";
 import { silentLogger } from "../../src/log/logger.ts";
+import { createServices } from "../../src/create-services.ts";
 import { Dispatcher, type DispatcherDeps } from "../../src/protocol/dispatcher.ts";
 import { encodeFrame } from "../../src/protocol/framing.ts";
 import { RpcSession } from "../../src/protocol/session.ts";
@@ -8,8 +9,12 @@ import { FakeConnection } from "./fake-connection.ts";
 
 export class MemoryAudit implements AuditLog {
   readonly records: AuditRecord[] = [];
+  readonly events: ({ event: string } & AuditEvent)[] = [];
   record(entry: AuditRecord): void {
     this.records.push(entry);
+  }
+  event(name: string, fields: AuditEvent): void {
+    this.events.push({ event: name, ...fields });
   }
   async close(): Promise<void> {}
 }
@@ -19,7 +24,7 @@ export function memorySession(limits: Partial<AgentConfig["limits"]> = {}, deps:
   const config = defaultConfig();
   config.limits = { ...config.limits, ...limits };
   const audit = new MemoryAudit();
-  const dispatcher = new Dispatcher({ config, audit, logger: silentLogger, ...deps });
+  const dispatcher = new Dispatcher({ config, audit, logger: silentLogger, services: createServices(config, silentLogger, audit), ...deps });
   const connection = new FakeConnection();
   const session = new RpcSession(connection, dispatcher, config.limits);
   const sendJson = (value: unknown) => session.onData(encodeFrame(JSON.stringify(value)));

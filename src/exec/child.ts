@@ -1,0 +1,212 @@
+/**
+ * One child process from spawn to result: its own session and process group,
+ * both pipes drained to the end, output capped, the whole group killed at the
+ * timeout and when the leader exits.
+ *
+ * Process groups: the child is spawned with Bun's `detached: true`, which calls
+ * setsid(), so the child leads a new session and process group whose id is its
+ * pid; kill(-pid, sig) then reaches it and every descendant that did not leave
+ * the group itself (setsid/setpgid). The group is SIGKILLed
+ * - at the timeout (timed_out: true), and
+ * - as soon as the leader exits, so a command cannot leave background processes
+ *   behind in its group (they would also hold the output pipes open).
+ * A descendant that escaped into its own session cannot be reached that way;
+ * if it keeps the pipes open, the run still ends at the timeout (plus a short
+ * grace to collect what the pipes hold) and stops reading them.
+ */
+import { constants } from "node:os";
+import type { Result } from "../schema/methods.ts";
+import { OutputCapture } from "./output.ts";
+
+export type ExecResult = Result<"exec">;
+export type StreamName = "stdout" | "stderr";
+
+export interface SpawnRequest {
+  /** The real file to execute. */
+  file: string;
+  /** argv[0] the child sees. */
+  argv0: string;
+  args: readonly string[];
+  env: Record<string, string>;
+  cwd: string;
+  /** Written to stdin, which is then closed; null: stdin is /dev/null. */
+  stdin: Uint8Array | null;
+}
+
+export interface ChildExit {
+  exitCode: number | null;
+  signal: string | null;
+}
+
+/** A spawned child as the runner needs it. */
+export interface SpawnedChild {
+  pid: number;
+  stdout: ReadableStream<Uint8Array>;
+  stderr: ReadableStream<Uint8Array>;
+  exited: Promise<ChildExit>;
+}
+
+/** The OS calls behind a run; `bunProcessOps` is the real one, tests may wrap it. */
+export interface ProcessOps {
+  /** Starts the child as the leader of a new session/process group; throws like Bun.spawn (error.code ENOENT, EACCES, ...). */
+  spawn(request: SpawnRequest): SpawnedChild;
+  /** kill(-pgid, signal); false when no process of the group is left. */
+  killGroup(pgid: number, signal: string): boolean;
+}
+
+export function signalName(signal: string | number | null | undefined): string | null {
+  if (signal === null || signal === undefined) return null;
+  if (typeof signal === "string") return signal;
+  for (const [name, value] of Object.entries(constants.signals)) if (value === signal) return name;
+  return `SIG${signal}`;
+}
+
+export const bunProcessOps: ProcessOps = {
+  spawn(request) {
+    const proc = Bun.spawn({
+      cmd: [request.file, ...request.args],
+      argv0: request.argv0,
+      env: request.env,
+      cwd: request.cwd,
+      stdin: request.stdin ?? "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      detached: true,
+    });
+    return {
+      pid: proc.pid,
+      stdout: proc.stdout,
+      stderr: proc.stderr,
+      exited: proc.exited.then(
+        () => ({ exitCode: proc.signalCode ? null : proc.exitCode, signal: signalName(proc.signalCode) }),
+        () => ({ exitCode: proc.exitCode, signal: signalName(proc.signalCode) }),
+      ),
+    };
+  },
+  killGroup(pgid, signal) {
+    if (!Number.isInteger(pgid) || pgid <= 1) return false; // Never kill(-1) or kill(0).
+    try {
+      process.kill(-pgid, signal as NodeJS.Signals);
+      return true;
+    } catch {
+      return false; // ESRCH: the group is gone.
+    }
+  },
+};
+
+export interface RunOptions {
+  timeoutMs: number;
+  maxOutputBytes: number;
+  /** Output kept per stream for the result: at most what fits one reply frame. */
+  resultBytes: number;
+  /** After the timeout, how long to keep collecting what the pipes still hold. */
+  drainGraceMs: number;
+  /** performance.now() just before the spawn, for duration_ms. */
+  startedAt: number;
+  /** Kept output as it arrives, in order per stream (nothing past the cap). */
+  onChunk?: (stream: StreamName, bytes: Uint8Array) => void;
+}
+
+interface Drain {
+  done: Promise<void>;
+  cancel(): void;
+}
+
+function drain(stream: ReadableStream<Uint8Array>, capture: OutputCapture, name: StreamName, onChunk?: RunOptions["onChunk"]): Drain {
+  const reader = stream.getReader();
+  const done = (async () => {
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        const kept = capture.push(value);
+        if (kept.length > 0 && onChunk) {
+          try {
+            onChunk(name, kept);
+          } catch {
+            // A listener's failure must not stop the draining.
+          }
+        }
+      }
+    } catch {
+      // Read error or cancelled: what was read is kept.
+    }
+  })();
+  return { done, cancel: () => void reader.cancel().catch(() => {}) };
+}
+
+export class ChildRun {
+  readonly pid: number;
+  /** The final result, once the process has exited and its output is collected. */
+  result: ExecResult | null = null;
+  readonly done: Promise<ExecResult>;
+  private leaderExited = false;
+  private timedOut = false;
+
+  constructor(
+    private readonly child: SpawnedChild,
+    private readonly ops: ProcessOps,
+    options: RunOptions,
+  ) {
+    this.pid = child.pid;
+    this.done = this.finish(options);
+    // Keep a rejection (there should be none) from being unhandled.
+    this.done.catch(() => {});
+  }
+
+  /** True while the leader process has not exited. */
+  get alive(): boolean {
+    return !this.leaderExited;
+  }
+
+  /** Signals the whole process group; false (and nothing sent) once the leader has exited. */
+  signal(signal: string): boolean {
+    if (this.leaderExited) return false;
+    return this.ops.killGroup(this.pid, signal);
+  }
+
+  private async finish(options: RunOptions): Promise<ExecResult> {
+    const started = options.startedAt;
+    const stdout = new OutputCapture(options.maxOutputBytes, options.resultBytes);
+    const stderr = new OutputCapture(options.maxOutputBytes, options.resultBytes);
+    const drains = [drain(this.child.stdout, stdout, "stdout", options.onChunk), drain(this.child.stderr, stderr, "stderr", options.onChunk)];
+    const drained = Promise.all(drains.map((d) => d.done));
+
+    let timeoutFired!: () => void;
+    const timedOut = new Promise<void>((resolve) => (timeoutFired = resolve));
+    const timer = setTimeout(() => {
+      this.timedOut = true;
+      this.ops.killGroup(this.pid, "SIGKILL");
+      timeoutFired();
+    }, options.timeoutMs);
+
+    let exit: ChildExit;
+    try {
+      exit = await this.child.exited;
+    } catch {
+      exit = { exitCode: null, signal: null };
+    }
+    this.leaderExited = true;
+    // Whatever is left of the group dies with its leader.
+    this.ops.killGroup(this.pid, "SIGKILL");
+
+    let graceTimer: ReturnType<typeof setTimeout> | undefined;
+    const graceOver = timedOut.then(() => new Promise<void>((resolve) => (graceTimer = setTimeout(resolve, options.drainGraceMs))));
+    await Promise.race([drained, graceOver]);
+    clearTimeout(timer);
+    clearTimeout(graceTimer);
+    for (const d of drains) d.cancel();
+
+    this.result = {
+      exit_code: exit.signal ? null : exit.exitCode,
+      signal: exit.signal,
+      stdout_base64: stdout.base64(),
+      stderr_base64: stderr.base64(),
+      stdout_truncated: stdout.truncated,
+      stderr_truncated: stderr.truncated,
+      timed_out: this.timedOut,
+      duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+    };
+    return this.result;
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * What the dispatcher calls for each area, and the context a call runs in.
+ * Each area lives in its own folder; the dispatcher's switch is the only place
+ * that maps method names to these calls.
+ */
+import type { NotificationName, NotificationParams, Params, Result } from "./schema/methods.ts";
+
+type Answer<T> = T | Promise<T>;
+
+export interface CallContext {
+  /** For logs and audit. */
+  transport: string;
+  /** Push a notification to the connection that made the call; dropped once that connection is gone. */
+  notify<N extends NotificationName>(method: N, params: NotificationParams<N>): void;
+}
+
+export interface ExecService {
+  run(params: Params<"exec">): Answer<Result<"exec">>;
+  start(params: Params<"exec_start">, context: CallContext): Answer<Result<"exec_start">>;
+  status(params: Params<"exec_status">): Answer<Result<"exec_status">>;
+  kill(params: Params<"exec_kill">): Answer<Result<"exec_kill">>;
+  /** The agent is stopping: no child outlives it. */
+  killAll(): void;
+}
+
+export interface FileService {
+  copyTo(params: Params<"copy_to_guest">): Answer<Result<"copy_to_guest">>;
+  copyFrom(params: Params<"copy_from_guest">): Answer<Result<"copy_from_guest">>;
+  uploadStart(params: Params<"upload_start">): Answer<Result<"upload_start">>;
+  uploadChunk(params: Params<"upload_chunk">): Answer<Result<"upload_chunk">>;
+  uploadCommit(params: Params<"upload_commit">): Answer<Result<"upload_commit">>;
+  uploadAbort(params: Params<"upload_abort">): Answer<Result<"upload_abort">>;
+  unpackArchive(params: Params<"copy_archive_to_guest">): Answer<Result<"copy_archive_to_guest">>;
+  /** The agent is stopping: open uploads are dropped with their temp files. */
+  close(): void;
+}
+
+export interface MetricsService {
+  collect(params: Params<"get_metrics">): Answer<Result<"get_metrics">>;
+}
+
+export interface UsersService {
+  list(): Answer<Result<"get_users">>;
+}
+
+export interface PowerService {
+  request(action: "poweroff" | "reboot", params: Params<"shutdown">): Answer<Result<"shutdown">>;
+}
+
+export interface Services {
+  exec: ExecService;
+  files: FileService;
+  metrics: MetricsService;
+  users: UsersService;
+  power: PowerService;
+}
