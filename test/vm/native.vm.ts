@@ -4,9 +4,13 @@
  * Run with `npm run test:vm` (needs qemu-system-x86, linux-image-cloud-amd64, busybox-static).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { basename } from "node:path";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, join } from "node:path";
 import { guestImage, newestKernel, TestVm } from "../../scripts/vm/vm.ts";
 import { AgentClient } from "../../src/client/client.ts";
+import { pullFile, pushFile } from "../../src/client/transfer.ts";
 import { encodeFrame } from "../../src/protocol/framing.ts";
 import { METHODS } from "../../src/schema/methods.ts";
 import { ensureBinary } from "../helpers/agent-process.ts";
@@ -43,7 +47,52 @@ test("a host that connects after the agent started is served: ping and get_info 
   }
 }, 60_000);
 
-test("100 connects and disconnects leave the agent answering, with no error logged", async () => {
+/** The agent's resident memory, read inside the guest through exec (the child's parent is the agent). */
+async function agentRssKiB(client: AgentClient): Promise<number> {
+  const result = await client.exec({ command: "sh", args: ["-c", "grep VmRSS /proc/$PPID/status"] });
+  const match = /VmRSS:\s+(\d+) kB/.exec(Buffer.from(result.stdout_base64, "base64").toString());
+  if (!match) throw new Error(`no VmRSS in ${JSON.stringify(result)}`);
+  return Number(match[1]);
+}
+
+test("exec in the guest: output, exit status, and a timeout that kills the whole process group", async () => {
+  const client = await connected();
+  try {
+    const echo = await client.exec({ command: "echo", args: ["hello", "from the guest"] });
+    expect(Buffer.from(echo.stdout_base64, "base64").toString()).toBe("hello from the guest\n");
+    expect(echo.exit_code).toBe(0);
+    const slow = await client.exec({ command: "sh", args: ["-c", "sleep 100 & sleep 100"], timeout_ms: 1_000 }, { timeoutMs: 30_000 });
+    expect(slow).toMatchObject({ timed_out: true, exit_code: null, signal: "SIGKILL" });
+    const left = await client.exec({ command: "sh", args: ["-c", "ps -o comm | grep -c '^sleep$' || true"] });
+    expect(Buffer.from(left.stdout_base64, "base64").toString().trim()).toBe("0");
+  } finally {
+    client.close();
+  }
+}, 60_000);
+
+test("a 64 MiB file pushed and pulled over virtio-serial keeps its sha256", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "kma-vm-files-"));
+  const client = await connected();
+  try {
+    const data = randomBytes(64 * 1024 * 1024);
+    writeFileSync(join(dir, "out.bin"), data);
+    const pushed = await pushFile(client, join(dir, "out.bin"), "/tmp/big.bin");
+    const pulled = await pullFile(client, "/tmp/big.bin", join(dir, "back.bin"));
+    const sha = createHash("sha256").update(data).digest("hex");
+    expect(pushed.sha256).toBe(sha);
+    expect(pulled.sha256).toBe(sha);
+    expect(createHash("sha256").update(readFileSync(join(dir, "back.bin"))).digest("hex")).toBe(sha);
+    console.log(`64 MiB over virtio-serial: push ${(pushed.elapsedMs / 1000).toFixed(1)} s, pull ${(pulled.elapsedMs / 1000).toFixed(1)} s`);
+  } finally {
+    client.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}, 180_000);
+
+test("100 connects and disconnects leave the agent answering, with no error logged and no memory growth", async () => {
+  const probe = await connected();
+  const rssBefore = await agentRssKiB(probe);
+  probe.close();
   for (let i = 0; i < 100; i++) {
     const client = await AgentClient.connect(vm.agentSocket, { timeoutMs: 10_000 });
     await client.waitReady({ timeoutMs: 10_000 });
@@ -52,8 +101,12 @@ test("100 connects and disconnects leave the agent answering, with no error logg
   }
   const client = await connected();
   expect((await client.getInfo()).protocol_version).toBe(1);
+  const rssAfter = await agentRssKiB(client);
   client.close();
   expect(vm.console()).not.toMatch(/ error /);
+  // A leak per connection would show as megabytes; allow for JIT and heap growth on first use.
+  expect(rssAfter - rssBefore).toBeLessThan(16 * 1024);
+  console.log(`agent RSS in the guest: ${rssBefore} KiB before, ${rssAfter} KiB after 100 connections`);
 }, 120_000);
 
 test("a host that closes in the middle of a frame and reconnects at once gets the next call answered", async () => {
