@@ -24,23 +24,28 @@
  *     the block are kept). Ratios read so that >1 means kvm-manager-agent is better.
  *  5. Stops both servers by PID (also on failure and SIGINT) and removes the temp dir.
  *
- * Adding a comparison: append to CASES a latencyCase(...) or throughputCase(...) with our call
+ * Adding a comparison: append to HOST_CASES or VM_CASES a latencyCase(...) or throughputCase(...) with our call
  * (JSON-RPC method + params) and qemu-ga's (execute + arguments), or any object with
  * ours(endpoint), theirs(endpoint) and rows(oursSample, theirsSample).
  */
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
 import { binaryPath } from "./build.ts";
 import { median, percentile, pipelined, rssMiB, sequential, type LatencySample, type ThroughputSample } from "./bench/measure.ts";
 import { choosePlacement, pinSelf, QEMU_GA, Servers } from "./bench/procs.ts";
 import type { Endpoint } from "./bench/raw-conn.ts";
-import { consoleTable, describeEnvironment, generatedSection, ratio, writeBenchmarksDoc, type Row } from "./bench/report.ts";
+import { CHART_FILE, ratioChart } from "./bench/chart.ts";
+import { consoleTable, describeEnvironment, generatedSection, ratio, writeBenchmarksDoc, type Row, type Section } from "./bench/report.ts";
+import { startVmTarget } from "./bench/vm-target.ts";
+import { execOnce, fileRoundTrip, guestRssMiB, type Transfer } from "./bench/workloads.ts";
 
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) || 1;
 const n = (count: number) => Math.max(10, Math.round(count * SCALE));
-const LATENCY = { warmup: n(1000), count: n(3000) };
-const PIPELINE = { window: 64, warmup: n(2000), repeats: 5 };
+/** Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer. */
+const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 } };
+const VM = { latency: { warmup: n(200), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 } };
+type Scale = typeof HOST;
 
 /**
  * One comparison: ours() measures kvm-manager-agent, theirs() measures qemu-ga (skipped when
@@ -53,11 +58,12 @@ interface Case<S> {
   rows(ours: S, theirs: S | null): Row[];
 }
 
-function latencyCase(name: string, ourCall: object, theirCall: object): Case<LatencySample> {
+function latencyCase(scale: Scale, name: string, ourCall: object, theirCall: object): Case<LatencySample> {
+  const { count, warmup } = scale.latency;
   return {
     name,
-    ours: (ep) => sequential(ep, ourCall, LATENCY.count, LATENCY.warmup),
-    theirs: (ep) => sequential(ep, theirCall, LATENCY.count, LATENCY.warmup),
+    ours: (ep) => sequential(ep, ourCall, count, warmup),
+    theirs: (ep) => sequential(ep, theirCall, count, warmup),
     rows: (a, b) =>
       [50, 99].map((p) => ({
         metric: `${name} sequential p${p}`,
@@ -75,24 +81,25 @@ interface Throughput {
   cpuMicros: number;
 }
 
-async function throughput(ep: Endpoint, call: object, count: number): Promise<Throughput> {
-  await pipelined(ep, call, PIPELINE.warmup, PIPELINE.window);
+async function throughput(scale: Scale, ep: Endpoint, call: object, count: number): Promise<Throughput> {
+  const { warmup, window, repeats } = scale.pipeline;
+  await pipelined(ep, call, warmup, window);
   const runs: ThroughputSample[] = [];
-  for (let i = 0; i < PIPELINE.repeats; i++) runs.push(await pipelined(ep, call, count, PIPELINE.window));
+  for (let i = 0; i < repeats; i++) runs.push(await pipelined(ep, call, count, window));
   return {
     rps: median(runs.map((r) => r.requests / r.seconds)),
     cpuMicros: median(runs.map((r) => (r.serverCpuSeconds / r.requests) * 1e6)),
   };
 }
 
-function throughputCase(name: string, ourCall: object, theirCall: object, count: number): Case<Throughput> {
+function throughputCase(scale: Scale, name: string, ourCall: object, theirCall: object, count: number, cpuLabel = "server CPU"): Case<Throughput> {
   return {
     name,
-    ours: (ep) => throughput(ep, ourCall, n(count)),
-    theirs: (ep) => throughput(ep, theirCall, n(count)),
+    ours: (ep) => throughput(scale, ep, ourCall, n(count)),
+    theirs: (ep) => throughput(scale, ep, theirCall, n(count)),
     rows: (a, b) => [
-      { metric: `${name} pipelined (window ${PIPELINE.window})`, ours: a.rps, theirs: b?.rps ?? null, unit: "req/s", better: "higher" },
-      { metric: `${name} server CPU per request`, ours: a.cpuMicros, theirs: b?.cpuMicros ?? null, unit: "µs", better: "lower", decimals: 1 },
+      { metric: `${name} pipelined (window ${scale.pipeline.window})`, ours: a.rps, theirs: b?.rps ?? null, unit: "req/s", better: "higher" },
+      { metric: `${name} ${cpuLabel} per request`, ours: a.cpuMicros, theirs: b?.cpuMicros ?? null, unit: "µs", better: "lower", decimals: 1 },
     ],
   };
 }
@@ -100,16 +107,83 @@ function throughputCase(name: string, ourCall: object, theirCall: object, count:
 const PING = { method: "ping", params: {} };
 const GET_INFO = { method: "get_info", params: {} };
 
+/** exec of `true` start to exit status, one after the other. */
+function execCase(name: string, count: number): Case<LatencySample> {
+  const measure = async (ep: Endpoint, kind: "ours" | "theirs") => {
+    for (let i = 0; i < Math.ceil(count / 5); i++) await execOnce(ep, kind); // warm-up
+    const micros: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const t0 = performance.now();
+      await execOnce(ep, kind);
+      micros.push((performance.now() - t0) * 1000);
+    }
+    return { micros: micros.sort((a, b) => a - b) };
+  };
+  return {
+    name,
+    ours: (ep) => measure(ep, "ours"),
+    theirs: (ep) => measure(ep, "theirs"),
+    rows: (a, b) =>
+      [50, 99].map((p) => ({ metric: `${name} p${p}`, ours: percentile(a.micros, p), theirs: b ? percentile(b.micros, p) : null, unit: "µs", better: "lower", decimals: 0 })),
+  };
+}
+
+/** Write then read back 64 MiB in 4 MiB chunks: upload_* / copy_from_guest vs guest-file-open/write/read/close. */
+function fileCase(path: (kind: "ours" | "theirs") => string): Case<Transfer> {
+  const mib = 64;
+  return {
+    name: `file write/read ${mib} MiB`,
+    ours: (ep) => fileRoundTrip(ep, "ours", path("ours"), mib * 1024 * 1024),
+    theirs: (ep) => fileRoundTrip(ep, "theirs", path("theirs"), mib * 1024 * 1024),
+    rows: (a, b) => [
+      { metric: `file write ${mib} MiB (upload_* / guest-file-write)`, ours: mib / a.writeSeconds, theirs: b ? mib / b.writeSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
+      { metric: `file read ${mib} MiB (copy_from_guest / guest-file-read)`, ours: mib / a.readSeconds, theirs: b ? mib / b.readSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
+    ],
+  };
+}
+
 // Each case has its own sample type; `any` here only erases it in the list.
-const CASES: Case<any>[] = [
+const hostCases = (dir: string): Case<any>[] => [
   rssCase("server RSS at start (idle, connected)"),
-  latencyCase("ping / guest-ping", PING, { execute: "guest-ping" }),
-  latencyCase("get_info / guest-info", GET_INFO, { execute: "guest-info" }),
-  throughputCase("ping / guest-ping", PING, { execute: "guest-ping" }, 20_000),
-  throughputCase("get_info / guest-info", GET_INFO, { execute: "guest-info" }, 10_000),
-  // Later: file throughput, exec, ... (see the to-do sections of docs/benchmarks.md).
+  latencyCase(HOST, "ping / guest-ping", PING, { execute: "guest-ping" }),
+  latencyCase(HOST, "get_info / guest-info", GET_INFO, { execute: "guest-info" }),
+  throughputCase(HOST, "ping / guest-ping", PING, { execute: "guest-ping" }, 20_000),
+  throughputCase(HOST, "get_info / guest-info", GET_INFO, { execute: "guest-info" }, 10_000),
+  execCase("exec true / guest-exec + guest-exec-status", n(300)),
+  fileCase((kind) => join(dir, `${kind}.bin`)),
   rssCase("server RSS after the run"),
 ];
+
+const VM_CASES: Case<any>[] = [
+  guestRssCase("agent RSS in the guest, idle"),
+  latencyCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }),
+  throughputCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }, 5_000, "VM CPU (QEMU process)"),
+  execCase("exec true / guest-exec + guest-exec-status", n(60)),
+  fileCase((kind) => `/tmp/bench-${kind}.bin`),
+  guestRssCase("agent RSS in the guest after the run"),
+];
+
+function guestRssCase(metric: string): Case<number> {
+  return {
+    name: metric,
+    ours: (ep) => guestRssMiB(ep, "ours"),
+    theirs: (ep) => guestRssMiB(ep, "theirs"),
+    rows: (a, b) => [{ metric, ours: a, theirs: b, unit: "MiB", better: "lower", decimals: 1 }],
+  };
+}
+
+/** Runs each case against both endpoints, one after the other. */
+async function runCases(section: string, cases: Case<any>[], ours: Endpoint, theirs: Endpoint | null): Promise<Row[]> {
+  const rows: Row[] = [];
+  for (const c of cases) {
+    const t0 = Date.now();
+    const a = await c.ours(ours);
+    const b = theirs ? await c.theirs(theirs) : null;
+    rows.push(...c.rows(a, b));
+    console.log(`bench: [${section}] ${c.name} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+  return rows;
+}
 
 function rssCase(metric: string): Case<number> {
   return {
@@ -128,9 +202,34 @@ async function main(): Promise<number> {
   }
   const haveQga = existsSync(QEMU_GA);
   const qgaVersion = haveQga ? Bun.spawnSync([QEMU_GA, "-V"]).stdout.toString().split("\n")[0]!.trim() : "not installed";
+  const started = Date.now();
+  const sections: Section[] = [await hostSection(binary, haveQga)];
+  if (process.env.BENCH_VM === "0") console.warn("bench: BENCH_VM=0: skipping the in-VM section");
+  else if (!haveQga || !existsSync("/usr/bin/qemu-system-x86_64")) console.warn("bench: NOTE qemu-system-x86 or qemu-guest-agent missing: skipping the in-VM section");
+  else sections.push(await vmSection(binary));
+
+  const env = describeEnvironment(qgaVersion);
+  console.log(`\n${env.date}  ${env.machine}  ${env.cpuModel} (${env.cores} cores)  Bun ${env.bun}  ${env.qemuGa}`);
+  for (const section of sections) console.log(`\n${section.title}\n${consoleTable(section.rows)}`);
+  console.log("\nratio: latency/CPU/memory = qemu-ga / ours, throughput = ours / qemu-ga; >1 means kvm-manager-agent is better.");
+  const docs = join(import.meta.dir, "..", "docs");
+  writeFileSync(join(docs, CHART_FILE), ratioChart(sections));
+  writeBenchmarksDoc(join(docs, "benchmarks.md"), generatedSection(env, sections));
+  console.log(`bench: wrote docs/benchmarks.md and docs/${CHART_FILE} (total ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  for (const section of sections) {
+    for (const r of section.rows) {
+      const x = ratio(r);
+      if (x !== null && x < 1) console.log(`bench: NOTE [${section.title}] kvm-manager-agent is behind qemu-ga on "${r.metric}" (ratio ${x.toFixed(2)})`);
+    }
+  }
+  return 0;
+}
+
+/** Both agents as processes on this machine, on unix sockets. */
+async function hostSection(binary: string, haveQga: boolean): Promise<Section> {
   const notes: string[] = [
-    `Sequential: ${LATENCY.count} timed calls after ${LATENCY.warmup} warm-up calls, one connection per server.`,
-    `Pipelined: ${PIPELINE.window} requests outstanding, median of ${PIPELINE.repeats} runs after ${PIPELINE.warmup} warm-up requests.`,
+    `Sequential: ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
+    `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
   ];
@@ -144,7 +243,6 @@ async function main(): Promise<number> {
     console.warn(`bench: NOTE ${QEMU_GA} is not installed (apt-get install qemu-guest-agent); benchmarking kvm-manager-agent only.`);
     notes.push(`qemu-ga was not installed on this machine (${QEMU_GA} missing): only our numbers were measured.`);
   }
-
   const servers = new Servers();
   const cpuCount = cpus().length;
   const placement = choosePlacement(process.env.BENCH_PIN, cpuCount);
@@ -168,43 +266,48 @@ async function main(): Promise<number> {
 
   const eps: { ours: Endpoint | null; theirs: Endpoint | null } = { ours: null, theirs: null };
   try {
-    const started = Date.now();
     const agent = servers.startAgent(binary);
     const qga = haveQga ? servers.startQga() : null;
-    const ourEp = await servers.connect(agent);
-    eps.ours = ourEp;
+    eps.ours = await servers.connect(agent);
     eps.theirs = qga ? await servers.connect(qga) : null;
     console.log(`bench: kvm-manager-agent pid ${agent.proc.pid}${qga ? `, qemu-ga pid ${qga.proc.pid}` : ""}; temp dir ${servers.dir}`);
-
-    const rows: Row[] = [];
-    for (const c of CASES) {
-      const t0 = Date.now();
-      const ours = await c.ours(ourEp);
-      const theirs = eps.theirs ? await c.theirs(eps.theirs) : null;
-      rows.push(...c.rows(ours, theirs));
-      console.log(`bench: ${c.name} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    }
+    const rows = await runCases("host", hostCases(servers.dir), eps.ours, eps.theirs);
     const auditLines = (await Bun.file(join(servers.dir, "audit.jsonl")).text()).split("\n").length - 1;
     notes.push(`Audit lines written by the agent during this run: ${auditLines} (flushed every 200 ms).`);
-
-    const env = describeEnvironment(qgaVersion);
-    console.log(`\n${env.date}  ${env.machine}  ${env.cpuModel} (${env.cores} cores)  Bun ${env.bun}  ${env.qemuGa}\n`);
-    console.log(consoleTable(rows));
-    console.log("\nratio: latency/CPU/memory = qemu-ga / ours, throughput = ours / qemu-ga; >1 means kvm-manager-agent is better.");
-    const doc = join(import.meta.dir, "..", "docs", "benchmarks.md");
-    writeBenchmarksDoc(doc, generatedSection(env, rows, notes));
-    console.log(`bench: wrote ${doc} (total ${((Date.now() - started) / 1000).toFixed(1)} s)`);
-
-    const worse = rows.filter((r) => {
-      const x = ratio(r);
-      return x !== null && x < 1 && (r.metric.includes("ping") || r.better === "higher");
-    });
-    for (const r of worse) console.log(`bench: NOTE kvm-manager-agent is behind qemu-ga on "${r.metric}" (ratio ${ratio(r)!.toFixed(2)})`);
-    return 0;
+    return { title: "Host loopback: kvm-manager-agent vs qemu-ga (unix socket)", rows, notes };
   } finally {
     eps.ours?.conn.close();
     eps.theirs?.conn.close();
     servers.cleanup();
+  }
+}
+
+/** Both agents inside one TCG guest, over real virtio-serial ports. */
+async function vmSection(binary: string): Promise<Section> {
+  const target = await startVmTarget(binary);
+  try {
+    console.log(`bench: VM up (qemu pid ${target.vm.pid}); first answers after ${target.firstAnswerMs.ours.toFixed(0)} / ${target.firstAnswerMs.theirs.toFixed(0)} ms`);
+    const rows: Row[] = [
+      {
+        metric: "QEMU start to first answer (boot + agent start-up)",
+        ours: target.firstAnswerMs.ours,
+        theirs: target.firstAnswerMs.theirs,
+        unit: "ms",
+        better: "lower",
+      },
+      ...(await runCases("vm", VM_CASES, target.ours, target.theirs)),
+    ];
+    const notes = [
+      "One guest (TCG, 1 vCPU, `-cpu max`, 512 MiB; Debian cloud kernel, busybox initramfs) runs both agents, started by its init at the same moment: ours on `org.kvmmanager.agent.0`, qemu-ga on `org.qemu.guest_agent.0`. The bench drives both through QEMU's chardev unix sockets, i.e. over real virtio-serial.",
+      `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
+      "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
+      "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
+    ];
+    return { title: "Inside a VM: kvm-manager-agent vs qemu-ga over virtio-serial", rows, notes };
+  } finally {
+    target.ours.conn.close();
+    target.theirs.conn.close();
+    await target.vm.stop();
   }
 }
 

@@ -24,7 +24,7 @@ const agent = Bun.spawn([binary, "--transport", "unix-listen", "--path", socket,
 
 try {
   await waitForSocket();
-  for (const args of [["--version"], ["methods"], ["ping", "--socket", socket, '{"payload":"hello from the host"}'], ["get_info", "--socket", socket], ["call", "get_info", "--socket", socket, "--json"], ["ping", "--socket", socket, '{"colour":"red"}']]) {
+  for (const args of [["--version"], ["methods"], ["ping", "--socket", socket, '{"payload":"hello from the host"}'], ["get_info", "--socket", socket], ["get_metrics", "--socket", socket], ["call", "get_info", "--socket", socket, "--json"], ["ping", "--socket", socket, '{"colour":"red"}']]) {
     console.log(`\n$ kvm-manager-agent ${args.map((a) => (a.includes(" ") || a.includes("{") ? `'${a}'` : a)).join(" ")}`);
     const run = Bun.spawnSync([binary, ...args], { stdout: "inherit", stderr: "inherit" });
     if (args[0] === "ping" && args.at(-1)!.includes("colour")) console.log(`(exit ${run.exitCode}: invalid params are refused with a clear error)`);

@@ -50,11 +50,23 @@ export class Servers {
   private readonly running: Server[] = [];
   private cleaned = false;
 
-  /** Our compiled agent on unix-listen, audit log on (as in production), level warn. */
+  /** Our compiled agent on unix-listen, audit log on (as in production), level warn; exec of `true` and file copy in the temp dir allowed. */
   startAgent(binary: string): Server {
     const socket = join(this.dir, "agent.sock");
     const config = join(this.dir, "agent.toml");
-    writeFileSync(config, `[logging]\nlevel = "warn"\naudit_file = ${JSON.stringify(join(this.dir, "audit.jsonl"))}\n`);
+    writeFileSync(
+      config,
+      [
+        "[security]",
+        "enable_exec = true",
+        'allowed_commands = ["true"]',
+        `allowed_file_paths = [${JSON.stringify(this.dir)}]`,
+        "[logging]",
+        'level = "warn"',
+        `audit_file = ${JSON.stringify(join(this.dir, "audit.jsonl"))}`,
+        "",
+      ].join("\n"),
+    );
     return this.spawn("kvm-manager-agent", [binary, "--transport", "unix-listen", "--path", socket, "--config", config], socket);
   }
 

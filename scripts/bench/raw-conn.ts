@@ -5,6 +5,7 @@
  * the client's own cost is the same on both sides of a comparison.
  */
 import type { Socket } from "bun";
+import { SYNC_MARKER } from "../../src/protocol/framing.ts";
 
 export interface Endpoint {
   /** "kvm-manager-agent" or "qemu-ga". */
@@ -15,30 +16,40 @@ export interface Endpoint {
   encode(call: object, seq: number): Uint8Array;
   /** Throws unless `reply` is a success; returns the seq it answers. */
   verify(reply: Uint8Array): number;
+  /** The result of a success (ours: `result`, qemu-ga: `return`); throws with the error otherwise. */
+  value(reply: Uint8Array): unknown;
 }
 
-type Splitter = (buffer: Uint8Array, emit: (reply: Uint8Array) => void) => number;
+/**
+ * Cuts complete replies out of buf[0..length); returns the bytes consumed.
+ * `scanFrom` is where an earlier call stopped looking, so a large reply that
+ * arrives in many reads is not rescanned from its start each time.
+ */
+type Splitter = (buf: Uint8Array, length: number, scanFrom: number, emit: (reply: Uint8Array) => void) => number;
 
-/** [u32 BE length][payload]; returns how many bytes were consumed. */
-const splitFrames: Splitter = (buf, emit) => {
+/** [u32 BE length][payload]; 0xFF bytes between frames are resync echoes (no header starts with 0xFF) and are skipped. */
+const splitFrames: Splitter = (buf, length, _scanFrom, emit) => {
   let at = 0;
-  while (buf.length - at >= 4) {
-    const length = ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
-    if (buf.length - at - 4 < length) break;
-    emit(buf.subarray(at + 4, at + 4 + length));
-    at += 4 + length;
+  for (;;) {
+    while (at < length && buf[at] === 0xff) at++;
+    if (length - at < 4) break;
+    const size = ((buf[at]! << 24) | (buf[at + 1]! << 16) | (buf[at + 2]! << 8) | buf[at + 3]!) >>> 0;
+    if (length - at - 4 < size) break;
+    emit(buf.subarray(at + 4, at + 4 + size));
+    at += 4 + size;
   }
   return at;
 };
 
 /** QGA: one JSON document per line. */
-const splitLines: Splitter = (buf, emit) => {
+const splitLines: Splitter = (buf, length, scanFrom, emit) => {
   let at = 0;
+  let from = scanFrom;
   for (;;) {
-    const nl = buf.indexOf(10, at);
+    const nl = buf.subarray(0, length).indexOf(10, from);
     if (nl < 0) break;
     if (nl > at) emit(buf.subarray(at, nl));
-    at = nl + 1;
+    at = from = nl + 1;
   }
   return at;
 };
@@ -50,9 +61,16 @@ export class RawConn {
   };
   onError: (error: Error) => void = () => {};
   private socket!: Socket<undefined>;
-  private pending: Uint8Array = new Uint8Array(0);
+  /** Received bytes not yet cut into replies: buffer[0..buffered), grown by doubling (amortised O(n) copying). */
+  private buffer = new Uint8Array(64 * 1024);
+  private buffered = 0;
+  /** How far the splitter has already looked for a reply boundary. */
+  private scanned = 0;
   private readonly outQueue: Uint8Array[] = [];
   closed = false;
+  /** While set, bytes are dropped until a whole SYNC_MARKER has passed (0xFF bytes seen in a row so far). */
+  private syncRun: number | null = null;
+  private onSynced: (() => void) | null = null;
 
   private constructor(private readonly split: Splitter) {}
 
@@ -69,6 +87,14 @@ export class RawConn {
       },
     });
     return conn;
+  }
+
+  /** Our protocol's resync: send the marker, drop everything until the agent echoes it. */
+  resync(): Promise<void> {
+    this.syncRun = 0;
+    const synced = new Promise<void>((resolve) => (this.onSynced = resolve));
+    this.write(SYNC_MARKER);
+    return synced;
   }
 
   write(bytes: Uint8Array): void {
@@ -106,21 +132,39 @@ export class RawConn {
   }
 
   private onData(chunk: Uint8Array): void {
-    let buf = chunk;
-    if (this.pending.length > 0) {
-      buf = new Uint8Array(this.pending.length + chunk.length);
-      buf.set(this.pending);
-      buf.set(chunk, this.pending.length);
+    if (this.syncRun !== null) {
+      let i = 0;
+      while (i < chunk.length && this.syncRun < SYNC_MARKER.length) this.syncRun = chunk[i++] === 0xff ? this.syncRun + 1 : 0;
+      if (this.syncRun < SYNC_MARKER.length) return;
+      this.syncRun = null;
+      this.onSynced?.();
+      chunk = chunk.subarray(i);
     }
+    if (this.buffered + chunk.length > this.buffer.length) {
+      let capacity = this.buffer.length;
+      while (capacity < this.buffered + chunk.length) capacity *= 2;
+      const grown = new Uint8Array(capacity);
+      grown.set(this.buffer.subarray(0, this.buffered));
+      this.buffer = grown;
+    }
+    // Copy: Bun may reuse the chunk's memory after this callback.
+    this.buffer.set(chunk, this.buffered);
+    const scanFrom = this.buffered;
+    this.buffered += chunk.length;
     let used: number;
     try {
-      used = this.split(buf, (reply) => this.onReply(reply));
+      used = this.split(this.buffer, this.buffered, Math.max(scanFrom, this.scanned), (reply) => this.onReply(reply));
     } catch (error) {
       this.fail(error as Error);
       return;
     }
-    // Copy the tail: Bun may reuse the chunk's memory after this callback.
-    this.pending = used === buf.length ? new Uint8Array(0) : buf.slice(used);
+    if (used > 0) {
+      this.buffer.copyWithin(0, used, this.buffered);
+      this.buffered -= used;
+      this.scanned = 0;
+    } else {
+      this.scanned = this.buffered;
+    }
   }
 }
 
@@ -128,8 +172,13 @@ const utf8 = new TextDecoder();
 const textEncoder = new TextEncoder();
 
 /** Our agent: JSON-RPC 2.0 in length-prefixed frames; the seq is the request id. */
-export async function nativeEndpoint(path: string, pid: number): Promise<Endpoint> {
+export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10_000): Promise<Endpoint> {
   const conn = await RawConn.connect(path, "length-prefixed");
+  // On a real port, bytes of an earlier host may still be in flight: start from a clean stream.
+  await withTimeout(conn.resync(), handshakeMs, "kvm-manager-agent resync").catch((error) => {
+    conn.close();
+    throw error;
+  });
   return {
     label: "kvm-manager-agent",
     pid,
@@ -148,11 +197,16 @@ export async function nativeEndpoint(path: string, pid: number): Promise<Endpoin
       }
       return message.id;
     },
+    value(reply) {
+      const message = JSON.parse(utf8.decode(reply)) as { result?: unknown; error?: { message: string } };
+      if (message.error) throw new Error(`kvm-manager-agent: ${message.error.message}`);
+      return message.result;
+    },
   };
 }
 
 /** qemu-ga: QMP-style JSON lines; replies carry no id, they come back in order. */
-export async function qgaEndpoint(path: string, pid: number): Promise<Endpoint> {
+export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000): Promise<Endpoint> {
   const conn = await RawConn.connect(path, "lines");
   // Requests are sent in the order they are encoded, so replies answer that order.
   const inOrder: number[] = [];
@@ -177,6 +231,12 @@ export async function qgaEndpoint(path: string, pid: number): Promise<Endpoint> 
       if (head >= inOrder.length) throw new Error("qemu-ga: reply with no request outstanding");
       return inOrder[head++]!;
     },
+    value(reply) {
+      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown; error?: { desc: string } };
+      head++;
+      if (message.error) throw new Error(`qemu-ga: ${message.error.desc}`);
+      return message.return;
+    },
   };
   // Flush the stream: guest-sync answers with our id once everything before it is done.
   const syncId = Math.floor(Math.random() * 1e9);
@@ -188,7 +248,10 @@ export async function qgaEndpoint(path: string, pid: number): Promise<Endpoint> 
     };
   });
   conn.write(textEncoder.encode(`${JSON.stringify({ execute: "guest-sync", arguments: { id: syncId } })}\n`));
-  await withTimeout(synced, 5_000, "qemu-ga guest-sync");
+  await withTimeout(synced, handshakeMs, "qemu-ga guest-sync").catch((error) => {
+    conn.close();
+    throw error;
+  });
   return endpoint;
 }
 

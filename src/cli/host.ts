@@ -4,7 +4,7 @@
  * schema table so every new method is reachable from the shell.
  */
 import { parseArgs } from "node:util";
-import { AgentClient, AgentRpcError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
+import { AgentClient, AgentConnectionError, AgentTimeoutError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
 import { isMethodName, METHOD_NAMES, METHODS, type MethodName } from "../schema/methods.ts";
 import { UsageError } from "./agent-args.ts";
 import { TRANSFER_USAGE } from "./transfer.ts";
@@ -33,6 +33,45 @@ export function listMethods(): string {
   return METHOD_NAMES.map((name) => `${name.padEnd(12)} ${METHODS[name].summary}`).join("\n");
 }
 
+/** The flags every host verb takes to reach an agent. */
+export const CONNECTION_OPTIONS = {
+  socket: { type: "string", short: "s" },
+  timeout: { type: "string" },
+  wait: { type: "string" },
+} as const;
+
+/**
+ * Connects as the connection flags say, waits for the agent when asked, runs
+ * `use` and maps failures to exit codes: 1 when the agent answered with an
+ * error (or a local file failed), 3 when the agent could not be reached.
+ */
+export async function withAgent(
+  values: { socket?: string; timeout?: string; wait?: string },
+  fail: (message: string) => void,
+  use: (client: AgentClient) => Promise<number>,
+): Promise<number> {
+  const socket = values.socket;
+  if (!socket) throw new UsageError("--socket PATH is required");
+  const timeoutMs = positiveInt(values.timeout, "--timeout") ?? DEFAULT_TIMEOUT_MS;
+  const waitMs = positiveInt(values.wait, "--wait");
+  let client: AgentClient;
+  try {
+    client = await AgentClient.connect(socket, { timeoutMs });
+  } catch (error) {
+    fail((error as Error).message);
+    return 3;
+  }
+  try {
+    if (waitMs !== undefined) await client.waitReady({ timeoutMs: waitMs });
+    return await use(client);
+  } catch (error) {
+    fail((error as Error).message);
+    return error instanceof AgentTimeoutError || error instanceof AgentConnectionError ? 3 : 1;
+  } finally {
+    client.close();
+  }
+}
+
 /** Runs a host verb; returns the process exit code. */
 export async function runHostCommand(verb: string, argv: string[], out = console.log, err = console.error): Promise<number> {
   let parsed;
@@ -41,12 +80,7 @@ export async function runHostCommand(verb: string, argv: string[], out = console
       args: argv,
       strict: true,
       allowPositionals: true,
-      options: {
-        socket: { type: "string", short: "s" },
-        json: { type: "boolean" },
-        timeout: { type: "string" },
-        wait: { type: "string" },
-      },
+      options: { ...CONNECTION_OPTIONS, json: { type: "boolean" } },
     });
   } catch (error) {
     throw new UsageError((error as Error).message);
@@ -66,29 +100,11 @@ export async function runHostCommand(verb: string, argv: string[], out = console
     }
     if (typeof params !== "object" || params === null || Array.isArray(params)) throw new UsageError("PARAMS_JSON must be a JSON object");
   }
-  const socket = parsed.values.socket;
-  if (!socket) throw new UsageError("--socket PATH is required");
-  const timeoutMs = positiveInt(parsed.values.timeout, "--timeout") ?? DEFAULT_TIMEOUT_MS;
-  const waitMs = positiveInt(parsed.values.wait, "--wait");
-
-  let client: AgentClient;
-  try {
-    client = await AgentClient.connect(socket, { timeoutMs });
-  } catch (error) {
-    err(`kvm-manager-agent: ${(error as Error).message}`);
-    return 3;
-  }
-  try {
-    if (waitMs !== undefined) await client.waitReady({ timeoutMs: waitMs });
+  return withAgent(parsed.values, (message) => err(`kvm-manager-agent: ${message}`), async (client) => {
     const result = await client.call(method, params as never);
     out(parsed.values.json ? JSON.stringify(result) : renderHuman(result));
     return 0;
-  } catch (error) {
-    err(`kvm-manager-agent: ${(error as Error).message}`);
-    return error instanceof AgentRpcError ? 1 : 3;
-  } finally {
-    client.close();
-  }
+  });
 }
 
 function positiveInt(value: string | undefined, flag: string): number | undefined {

@@ -6,9 +6,10 @@
  *   kvm-manager-agent pull GUEST LOCAL --socket S
  */
 import { parseArgs } from "node:util";
-import { AgentClient, AgentRpcError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
+
 import { pullFile, pushFile, type TransferProgress, type TransferResult } from "../client/transfer.ts";
 import { UsageError } from "./agent-args.ts";
+import { CONNECTION_OPTIONS, withAgent } from "./host.ts";
 
 export const TRANSFER_USAGE = `  kvm-manager-agent push LOCAL GUEST --socket PATH [--mode 0644] [--create-dirs] [--no-overwrite] [--quiet]
   kvm-manager-agent pull GUEST LOCAL --socket PATH [--quiet]
@@ -37,13 +38,11 @@ export async function runTransferCommand(verb: "push" | "pull", argv: string[], 
       strict: true,
       allowPositionals: true,
       options: {
-        socket: { type: "string", short: "s" },
+        ...CONNECTION_OPTIONS,
         mode: { type: "string" },
         "create-dirs": { type: "boolean" },
         "no-overwrite": { type: "boolean" },
         quiet: { type: "boolean", short: "q" },
-        timeout: { type: "string" },
-        wait: { type: "string" },
       },
     });
   } catch (error) {
@@ -52,8 +51,6 @@ export async function runTransferCommand(verb: "push" | "pull", argv: string[], 
   const [from, to, ...extra] = parsed.positionals;
   if (from === undefined || to === undefined) throw new UsageError(verb === "push" ? "push needs LOCAL and GUEST paths" : "pull needs GUEST and LOCAL paths");
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
-  const socket = parsed.values.socket;
-  if (!socket) throw new UsageError("--socket PATH is required");
   const mode = parsed.values.mode;
   if (mode !== undefined) {
     if (verb === "pull") throw new UsageError("--mode applies to push only");
@@ -62,30 +59,21 @@ export async function runTransferCommand(verb: "push" | "pull", argv: string[], 
   if (verb === "pull" && (parsed.values["create-dirs"] || parsed.values["no-overwrite"])) {
     throw new UsageError("--create-dirs and --no-overwrite apply to push only");
   }
-  const timeoutMs = positiveInt(parsed.values.timeout, "--timeout") ?? DEFAULT_TIMEOUT_MS;
-  const waitMs = positiveInt(parsed.values.wait, "--wait");
-
-  let client: AgentClient;
-  try {
-    client = await AgentClient.connect(socket, { timeoutMs });
-  } catch (error) {
-    err(`kvm-manager-agent: ${(error as Error).message}\n`);
-    return 3;
-  }
   const reporter = parsed.values.quiet ? undefined : progressReporter(verb, err, isTty);
-  try {
-    if (waitMs !== undefined) await client.waitReady({ timeoutMs: waitMs });
-    let result: TransferResult;
-    if (verb === "push") {
-      result = await pushFile(client, from, to, {
-        onProgress: reporter?.update,
-        ...(mode !== undefined ? { mode } : {}),
-        createDirs: parsed.values["create-dirs"] ?? false,
-        overwrite: !parsed.values["no-overwrite"],
-      });
-    } else {
-      result = await pullFile(client, from, to, { onProgress: reporter?.update });
-    }
+  const fail = (message: string) => {
+    reporter?.done();
+    err(`kvm-manager-agent: ${verb} failed: ${message}\n`);
+  };
+  return withAgent(parsed.values, fail, async (client) => {
+    const result: TransferResult =
+      verb === "push"
+        ? await pushFile(client, from, to, {
+            onProgress: reporter?.update,
+            ...(mode !== undefined ? { mode } : {}),
+            createDirs: parsed.values["create-dirs"] ?? false,
+            overwrite: !parsed.values["no-overwrite"],
+          })
+        : await pullFile(client, from, to, { onProgress: reporter?.update });
     reporter?.done();
     const seconds = result.elapsedMs / 1000;
     const rate = seconds > 0 ? result.bytes / 1e6 / seconds : 0;
@@ -93,13 +81,7 @@ export async function runTransferCommand(verb: "push" | "pull", argv: string[], 
       `${verb === "push" ? "pushed" : "pulled"} ${from} -> ${verb === "push" ? result.path : to}: ${result.bytes} bytes in ${seconds.toFixed(2)} s (${rate.toFixed(1)} MB/s), sha256 ${result.sha256}`,
     );
     return 0;
-  } catch (error) {
-    reporter?.done();
-    err(`kvm-manager-agent: ${verb} failed: ${(error as Error).message}\n`);
-    return error instanceof AgentRpcError || !(error as Error)?.name?.startsWith("Agent") ? 1 : 3;
-  } finally {
-    client.close();
-  }
+  });
 }
 
 /** Progress on stderr: one rewritten line on a terminal, else a line at most every 2 s. */
@@ -130,9 +112,3 @@ function progressReporter(verb: string, err: (text: string) => void, isTty: bool
   };
 }
 
-function positiveInt(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`${flag} must be a positive integer of milliseconds (got '${value}')`);
-  return n;
-}

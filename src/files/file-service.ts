@@ -43,7 +43,7 @@ const DEFAULT_FILE_MODE = 0o644;
  * synchronous collection after every GC_EVERY_BYTES of chunk traffic keeps the
  * resident size near a few chunks' worth.
  */
-const GC_EVERY_BYTES = 4 * 1024 * 1024;
+const GC_EVERY_BYTES = 16 * 1024 * 1024;
 
 interface WriteTarget {
   /** Real parent directory. */
