@@ -16,8 +16,8 @@ export interface Endpoint {
   encode(call: object, seq: number): Uint8Array;
   /** Throws unless `reply` is a success; returns the seq it answers. */
   verify(reply: Uint8Array): number;
-  /** The result of a success (ours: `result`, qemu-ga: `return`); throws with the error otherwise. */
-  value(reply: Uint8Array): unknown;
+  /** The seq a reply answers and its result (ours: `result`, qemu-ga: `return`); throws with the error otherwise. */
+  decode(reply: Uint8Array): { seq: number; value: unknown };
 }
 
 /**
@@ -197,10 +197,10 @@ export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10
       }
       return message.id;
     },
-    value(reply) {
-      const message = JSON.parse(utf8.decode(reply)) as { result?: unknown; error?: { message: string } };
+    decode(reply) {
+      const message = JSON.parse(utf8.decode(reply)) as { id: number; result?: unknown; error?: { message: string } };
       if (message.error) throw new Error(`kvm-manager-agent: ${message.error.message}`);
-      return message.result;
+      return { seq: message.id, value: message.result };
     },
   };
 }
@@ -231,11 +231,11 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
       if (head >= inOrder.length) throw new Error("qemu-ga: reply with no request outstanding");
       return inOrder[head++]!;
     },
-    value(reply) {
+    decode(reply) {
       const message = JSON.parse(utf8.decode(reply)) as { return?: unknown; error?: { desc: string } };
-      head++;
+      const seq = inOrder[head++]!;
       if (message.error) throw new Error(`qemu-ga: ${message.error.desc}`);
-      return message.return;
+      return { seq, value: message.return };
     },
   };
   // Flush the stream: guest-sync answers with our id once everything before it is done.

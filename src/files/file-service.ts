@@ -45,6 +45,13 @@ const DEFAULT_FILE_MODE = 0o644;
  */
 const GC_EVERY_BYTES = 16 * 1024 * 1024;
 
+/**
+ * Chunk-sized read buffers kept between copy_from_guest calls: a fresh
+ * multi-MB allocation per call costs page faults on every chunk. Each call
+ * takes one for itself, so concurrent reads never share a buffer.
+ */
+const READ_BUFFERS_KEPT = 2;
+
 interface WriteTarget {
   /** Real parent directory. */
   dir: string;
@@ -86,6 +93,7 @@ export class FileManager implements FileService {
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
   private bytesSinceGc = 0;
+  private readonly readBuffers: Buffer[] = [];
 
   constructor(
     private readonly config: AgentConfig,
@@ -134,22 +142,26 @@ export class FileManager implements FileService {
       await this.policy.checkFd(handle.fd, params.path);
       const size = stat.size;
       const want = Math.max(0, Math.min(length, size - params.offset));
-      const buffer = Buffer.allocUnsafe(want);
-      let filled = 0;
-      while (filled < want) {
-        const { bytesRead } = await handle.read(buffer, filled, want - filled, params.offset + filled);
-        if (bytesRead === 0) break; // The file shrank under us.
-        filled += bytesRead;
+      const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
+      try {
+        let filled = 0;
+        while (filled < want) {
+          const { bytesRead } = await handle.read(buffer, filled, want - filled, params.offset + filled);
+          if (bytesRead === 0) break; // The file shrank under us.
+          filled += bytesRead;
+        }
+        const chunk = buffer.subarray(0, filled);
+        this.relieveMemory(filled);
+        return {
+          content_base64: chunk.toString("base64"),
+          bytes: filled,
+          sha256: createHash("sha256").update(chunk).digest("hex"),
+          size,
+          eof: params.offset + filled >= size,
+        };
+      } finally {
+        if (this.readBuffers.length < READ_BUFFERS_KEPT) this.readBuffers.push(buffer);
       }
-      const chunk = buffer.subarray(0, filled);
-      this.relieveMemory(filled);
-      return {
-        content_base64: chunk.toString("base64"),
-        bytes: filled,
-        sha256: createHash("sha256").update(chunk).digest("hex"),
-        size,
-        eof: params.offset + filled >= size,
-      };
     } catch (error) {
       throw osError(error, `cannot read '${params.path}'`, params.path);
     } finally {
