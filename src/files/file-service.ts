@@ -43,14 +43,15 @@ const DEFAULT_FILE_MODE = 0o644;
  * synchronous collection after every GC_EVERY_BYTES of chunk traffic keeps the
  * resident size near a few chunks' worth.
  */
-const GC_EVERY_BYTES = 16 * 1024 * 1024;
+const GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
  * Chunk-sized read buffers kept between copy_from_guest calls: a fresh
  * multi-MB allocation per call costs page faults on every chunk. Each call
- * takes one for itself, so concurrent reads never share a buffer.
+ * takes one for itself (a concurrent call allocates its own), so reads never
+ * share a buffer; only one is kept, as it stays resident.
  */
-const READ_BUFFERS_KEPT = 2;
+const READ_BUFFERS_KEPT = 1;
 
 interface WriteTarget {
   /** Real parent directory. */
