@@ -20,7 +20,7 @@ function escape(text: string): string {
 export function ratioChart(sections: Section[]): string {
   const x = (log2: number) => LABEL + ((Math.min(Math.max(log2, MIN_LOG), MAX_LOG) - MIN_LOG) / (MAX_LOG - MIN_LOG)) * BAR_AREA;
   const parts: string[] = [];
-  let y = 40;
+  let y = 52;
   for (const section of sections) {
     parts.push(`<text x="8" y="${y + 14}" font-weight="bold">${escape(section.title)}</text>`);
     y += ROW + 4;
@@ -42,7 +42,7 @@ export function ratioChart(sections: Section[]): string {
   const ticks = [-3, -2, -1, 0, 1, 2, 3, 4].map((t) => {
     const tx = x(t);
     const label = t >= 0 ? `${2 ** t}×` : `1/${2 ** -t}×`;
-    return `<line x1="${tx}" y1="28" x2="${tx}" y2="${y}" stroke="${t === 0 ? "#000" : "#ddd"}"/><text x="${tx}" y="22" text-anchor="middle">${label}</text>`;
+    return `<line x1="${tx}" y1="40" x2="${tx}" y2="${y}" stroke="${t === 0 ? "#000" : "#ddd"}"/><text x="${tx}" y="36" text-anchor="middle">${label}</text>`;
   });
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${y + 10}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="#fff"/>

@@ -126,18 +126,6 @@ export function writeBenchmarksDoc(path: string, section: string): void {
     writeFileSync(path, `${old.trimEnd()}\n\n${section}\n`);
     return;
   }
-  const head = [
-    "# Benchmarks",
-    "",
-    "Produced by `npm run bench` (scripts/bench.ts; it builds the agent first). It starts the compiled",
-    "agent and Debian's `qemu-ga` side by side on unix sockets in a temp dir and drives both with the same",
-    "minimal raw client (one `Bun.connect`, one `JSON.parse` per reply, every reply verified), so both",
-    "sides pay the same client cost. The agent runs with its audit log on, as in production.",
-    "",
-    "- *sequential*: one request at a time; p50/p99 round trip after warm-up calls.",
-    "- *pipelined*: a window of requests kept outstanding; requests per second, and the server's own",
-    "  CPU time per request (user+system of the whole process from /proc/PID/stat).",
-    "",
-  ].join("\n");
-  writeFileSync(path, `${head}\n${section}\n`);
+  // A fresh file: the intro above the generated block is written by hand.
+  writeFileSync(path, `# Benchmarks\n\n${section}\n`);
 }
