@@ -26,6 +26,7 @@ import { RpcError } from "../src/protocol/errors.ts";
 import type { Params } from "../src/schema/methods.ts";
 import type { CallContext } from "../src/services.ts";
 import { memorySession, MemoryAudit } from "./helpers/in-memory.ts";
+import { eventually, processGone } from "./helpers/agent-process.ts";
 
 const FORBIDDEN = -32001;
 const NOT_FOUND = -32002;
@@ -127,15 +128,6 @@ function fakeContext(): CallContext & { notes: Notification[] } {
   };
 }
 
-/** A process is gone once /proc has no entry or it is a zombie (reparented to a PID 1 that may not reap). */
-function processGone(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
 
 function processState(pid: number): string {
   try {
@@ -146,15 +138,6 @@ function processState(pid: number): string {
   }
 }
 
-async function eventually<T>(check: () => T | false | null | undefined, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await Bun.sleep(20);
-  }
-}
 
 // ---------------------------------------------------------------- pure policy
 
@@ -298,7 +281,7 @@ describe("policy refusals", () => {
       ["exec_kill", { handle: "x" }],
     ];
     methods.forEach(([method, params], id) => sendJson({ jsonrpc: "2.0", id, method, params }));
-    await eventually(() => replies.length === methods.length);
+    await eventually(() => replies.length === methods.length, 10_000);
     for (const reply of replies as { error: { code: number; message: string } }[]) {
       expect(reply.error.code).toBe(FORBIDDEN);
       expect(reply.error.message).toContain("disabled");
@@ -311,7 +294,7 @@ describe("policy refusals", () => {
     const { sendJson, replies } = memorySession({}, { config, services: createServices(config, silentLogger, audit) });
     sendJson({ jsonrpc: "2.0", id: 1, method: "exec", params: { command: "echo", args: ["hi"] } });
     sendJson({ jsonrpc: "2.0", id: 2, method: "exec", params: { command: "sh", args: ["-c", "id"] } });
-    await eventually(() => replies.length === 2);
+    await eventually(() => replies.length === 2, 10_000);
     const byId = new Map((replies as any[]).map((r) => [r.id, r]));
     expect(text(byId.get(1).result.stdout_base64)).toBe("hi\n");
     expect(byId.get(2).error).toEqual({ code: FORBIDDEN, message: "Command 'sh' is not in allowed_commands", data: { command: "sh" } });
@@ -491,7 +474,7 @@ describe("exec", () => {
     const pids = text(result.stdout_base64).trim().split("\n").map(Number);
     expect(pids.length).toBe(2);
     strays.push(...pids);
-    await eventually(() => pids.every(processGone));
+    await eventually(() => pids.every(processGone), 10_000);
   });
 
   test("background processes left in the group die with the leader", async () => {
@@ -500,7 +483,7 @@ describe("exec", () => {
     expect(result.timed_out).toBe(false);
     const pid = Number(text(result.stdout_base64).trim());
     strays.push(pid);
-    await eventually(() => processGone(pid));
+    await eventually(() => processGone(pid), 10_000);
   });
 
   test("a descendant that left the group and holds the pipes cannot hang the run past its timeout", async () => {
@@ -567,14 +550,14 @@ describe("exec_start, exec_status, exec_kill", () => {
       } catch {
         return undefined;
       }
-    });
+    }, 10_000);
     strays.push(child);
     expect(m.kill({ handle, signal: "SIGSTOP" }).running).toBe(true);
-    await eventually(() => processState(child) === "T" && processState(pid) === "T");
+    await eventually(() => processState(child) === "T" && processState(pid) === "T", 10_000);
     m.kill({ handle, signal: "SIGKILL" });
     const status = await m.status({ handle, wait_ms: 10_000 });
     expect(status.result!.signal).toBe("SIGKILL");
-    await eventually(() => processGone(child));
+    await eventually(() => processGone(child), 10_000);
   });
 
   test("unknown handles are NOT_FOUND", async () => {
@@ -604,7 +587,7 @@ describe("streaming", () => {
     expect(joined("stdout")).toBe("out1\nout2\nout3\nout4\nout5\n");
     expect(joined("stderr")).toBe("err1\nerr2\nerr3\nerr4\nerr5\n");
     // exec_exit comes last, after every chunk, and carries what exec_status gives.
-    await eventually(() => context.notes.at(-1)?.method === "exec_exit");
+    await eventually(() => context.notes.at(-1)?.method === "exec_exit", 10_000);
     expect(context.notes.filter((n) => n.method === "exec_exit")).toEqual([{ method: "exec_exit", params: { handle, result: status.result } }]);
   });
 
@@ -630,7 +613,7 @@ describe("streaming", () => {
     expect(status.result!.stdout_base64).toBe(streamed.subarray(0, resultFitBytes(1024)).toString("base64"));
     expect(status.result!.stdout_truncated).toBe(true);
     expect(outputs.map((n) => n.params.seq)).toEqual(outputs.map((_, i) => i));
-    const exit = await eventually(() => context.notes.find((n) => n.method === "exec_exit"));
+    const exit = await eventually(() => context.notes.find((n) => n.method === "exec_exit"), 10_000);
     expect(exit.params.result).toEqual(status.result!);
   });
 

@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER } from "../src/protocol/framing.ts";
+import { concatBytes } from "./helpers/agent-process.ts";
 
 type Event = { frame: string } | { oversized: number } | { sync: true };
 
@@ -16,15 +17,6 @@ function collect(maxFrameBytes = 1024) {
   return { events, decoder };
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 function header(length: number): Uint8Array {
   const bytes = new Uint8Array(4);
@@ -55,7 +47,7 @@ describe("FrameDecoder", () => {
 
   test("many frames in one read, and a frame split across reads", () => {
     const { events, decoder } = collect();
-    const all = concat(encodeFrame("one"), encodeFrame("two"), encodeFrame("three"));
+    const all = concatBytes([encodeFrame("one"), encodeFrame("two"), encodeFrame("three")]);
     decoder.push(all.subarray(0, 13));
     expect(decoder.idle).toBe(false);
     decoder.push(all.subarray(13));
@@ -73,7 +65,7 @@ describe("FrameDecoder", () => {
 
   test("zero-length frames are delivered as empty payloads", () => {
     const { events, decoder } = collect();
-    decoder.push(concat(header(0), encodeFrame("x"), header(0)));
+    decoder.push(concatBytes([header(0), encodeFrame("x"), header(0)]));
     expect(events).toEqual([{ frame: "" }, { frame: "x" }, { frame: "" }]);
   });
 
@@ -96,7 +88,7 @@ describe("FrameDecoder", () => {
 
   test("an oversized frame and the next frame in the same read", () => {
     const { events, decoder } = collect(8);
-    decoder.push(concat(encodeFrame("x".repeat(9)), encodeFrame("ok")));
+    decoder.push(concatBytes([encodeFrame("x".repeat(9)), encodeFrame("ok")]));
     expect(events).toEqual([{ oversized: 9 }, { frame: "ok" }]);
   });
 
@@ -137,14 +129,14 @@ describe("resync marker", () => {
   test("drops a partial frame left by an earlier host; decoding restarts after it", () => {
     const { events, decoder } = collect();
     decoder.push(partial);
-    decoder.push(concat(SYNC_MARKER, encodeFrame("fresh")));
+    decoder.push(concatBytes([SYNC_MARKER, encodeFrame("fresh")]));
     expect(events).toEqual([{ sync: true }, { frame: "fresh" }]);
   });
 
   test("works in the middle of a header, of a payload and of a skipped oversized frame", () => {
     for (const stale of [Uint8Array.of(0, 0), partial, encodeFrame("z".repeat(5000)).subarray(0, 3000)]) {
       const { events, decoder } = collect();
-      decoder.push(concat(stale, SYNC_MARKER, encodeFrame("ok")));
+      decoder.push(concatBytes([stale, SYNC_MARKER, encodeFrame("ok")]));
       expect(events.filter((e) => !("oversized" in e))).toEqual([{ sync: true }, { frame: "ok" }]);
     }
   });
@@ -152,21 +144,21 @@ describe("resync marker", () => {
   test("is recognised when split across reads, byte by byte", () => {
     const { events, decoder } = collect();
     decoder.push(partial);
-    for (const byte of concat(SYNC_MARKER, encodeFrame("x"))) decoder.push(Uint8Array.of(byte));
+    for (const byte of concatBytes([SYNC_MARKER, encodeFrame("x")])) decoder.push(Uint8Array.of(byte));
     expect(events).toEqual([{ sync: true }, { frame: "x" }]);
   });
 
   test("fewer than eight 0xFF bytes are data: an invalid-UTF-8 frame keeps the stream in sync", () => {
     const { events, decoder } = collect();
     const payload = new Uint8Array(16).fill(0xff, 0, 7);
-    decoder.push(concat(encodeFrame(payload), encodeFrame("after")));
+    decoder.push(concatBytes([encodeFrame(payload), encodeFrame("after")]));
     expect(events.length).toBe(2);
     expect(events[1]).toEqual({ frame: "after" });
   });
 
   test("two markers in a row are two syncs, and frames between them are kept", () => {
     const { events, decoder } = collect();
-    decoder.push(concat(SYNC_MARKER, encodeFrame("a"), SYNC_MARKER, encodeFrame("b")));
+    decoder.push(concatBytes([SYNC_MARKER, encodeFrame("a"), SYNC_MARKER, encodeFrame("b")]));
     expect(events).toEqual([{ sync: true }, { frame: "a" }, { sync: true }, { frame: "b" }]);
   });
 });

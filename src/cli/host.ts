@@ -3,7 +3,7 @@
  * per method (`kvm-manager-agent get_info --socket S`), generated from the
  * schema table so every new method is reachable from the shell.
  */
-import { parseArgs } from "node:util";
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { AgentClient, AgentConnectionError, AgentTimeoutError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
 import { isMethodName, METHOD_NAMES, METHODS, type MethodName } from "../schema/methods.ts";
 import { UsageError } from "./agent-args.ts";
@@ -72,19 +72,18 @@ export async function withAgent(
   }
 }
 
-/** Runs a host verb; returns the process exit code. */
-export async function runHostCommand(verb: string, argv: string[], out = console.log, err = console.error): Promise<number> {
-  let parsed;
+/** parseArgs for a host verb (flags plus positionals); a bad flag is a usage error. */
+export function parseVerbArgs<const O extends ParseArgsOptionsConfig>(argv: string[], options: O) {
   try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: true,
-      options: { ...CONNECTION_OPTIONS, json: { type: "boolean" } },
-    });
+    return parseArgs({ args: argv, strict: true, allowPositionals: true, options });
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
+}
+
+/** Runs a host verb; returns the process exit code. */
+export async function runHostCommand(verb: string, argv: string[], out = console.log, err = console.error): Promise<number> {
+  const parsed = parseVerbArgs(argv, { ...CONNECTION_OPTIONS, json: { type: "boolean" } });
   const positionals = [...parsed.positionals];
   const methodArg = verb === "call" ? positionals.shift() : verb;
   if (methodArg === undefined) throw new UsageError("call needs a METHOD");

@@ -5,11 +5,10 @@
  *   kvm-manager-agent push LOCAL GUEST --socket S [--mode 0644] [--create-dirs] [--no-overwrite]
  *   kvm-manager-agent pull GUEST LOCAL --socket S
  */
-import { parseArgs } from "node:util";
 
 import { pullFile, pushFile, type TransferProgress, type TransferResult } from "../client/transfer.ts";
 import { UsageError } from "./agent-args.ts";
-import { CONNECTION_OPTIONS, withAgent } from "./host.ts";
+import { CONNECTION_OPTIONS, parseVerbArgs, withAgent } from "./host.ts";
 
 export const TRANSFER_USAGE = `  kvm-manager-agent push LOCAL GUEST --socket PATH [--mode 0644] [--create-dirs] [--no-overwrite] [--quiet]
   kvm-manager-agent pull GUEST LOCAL --socket PATH [--quiet]
@@ -31,23 +30,13 @@ export async function runTransferCommand(verb: "push" | "pull", argv: string[], 
   const out = io.out ?? ((line: string) => console.log(line));
   const err = io.err ?? ((text: string) => void process.stderr.write(text));
   const isTty = io.isTty ?? Boolean(process.stderr.isTTY);
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        ...CONNECTION_OPTIONS,
-        mode: { type: "string" },
-        "create-dirs": { type: "boolean" },
-        "no-overwrite": { type: "boolean" },
-        quiet: { type: "boolean", short: "q" },
-      },
-    });
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
+  const parsed = parseVerbArgs(argv, {
+    ...CONNECTION_OPTIONS,
+    mode: { type: "string" },
+    "create-dirs": { type: "boolean" },
+    "no-overwrite": { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+  });
   const [from, to, ...extra] = parsed.positionals;
   if (from === undefined || to === undefined) throw new UsageError(verb === "push" ? "push needs LOCAL and GUEST paths" : "pull needs GUEST and LOCAL paths");
   if (extra.length > 0) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);

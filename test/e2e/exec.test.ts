@@ -10,7 +10,7 @@ import { resultFitBytes } from "../../src/exec/output.ts";
 
 /** max_frame_bytes of the exec agent: small, so that results overflow it. */
 const FRAME_BYTES = 65_536;
-import { connectClient, eventually, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, processGone, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
 
 const FORBIDDEN = -32001;
 const NOT_FOUND = -32002;
@@ -46,14 +46,6 @@ async function rpcError(promise: Promise<unknown>): Promise<AgentRpcError> {
 
 const text = (b64: string) => Buffer.from(b64, "base64").toString("utf8");
 
-function processGone(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
-  } catch {
-    return true;
-  }
-}
 
 beforeAll(async () => {
   [disabledAgent, agent] = await Promise.all([startAgentProcess(), startAgentProcess({ extraToml: EXEC_TOML, maxFrameBytes: FRAME_BYTES })]);

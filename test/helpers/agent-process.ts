@@ -509,3 +509,13 @@ export async function eventually<T>(
     await Bun.sleep(stepMs);
   }
 }
+
+/** A process is gone once /proc has no entry or it is a zombie (reparented to a PID 1 that may not reap). */
+export function processGone(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
+}
