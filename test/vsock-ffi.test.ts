@@ -15,7 +15,8 @@ import { Dispatcher } from "../src/protocol/dispatcher.ts";
 import { RpcSession } from "../src/protocol/session.ts";
 import { socketHandlers } from "../src/transport/socket-connection.ts";
 import { LibcError } from "../src/platform/linux/libc.ts";
-import { AF_UNIX, AF_VSOCK, listenStreamSocket, sockaddrUn, sockaddrVm, VMADDR_CID_ANY } from "../src/transport/vsock/ffi.ts";
+import { AF_UNIX, AF_VSOCK, connectStreamSocket, listenStreamSocket, sockaddrUn, sockaddrVm, VMADDR_CID_ANY } from "../src/transport/vsock/ffi.ts";
+import { encodeFrame } from "../src/protocol/framing.ts";
 import { noAudit } from "../src/log/audit.ts";
 import { createServices } from "../src/create-services.ts";
 
@@ -49,6 +50,38 @@ describe("listenStreamSocket", () => {
       client.close();
       listener.stop(true);
     }
+  });
+
+  test("a socket connected through ffi is driven by Bun.connect({ fd }), as the vsock client does", async () => {
+    const path = join(mkdtempSync(join(tmpdir(), "kma-ffi-")), "s");
+    const config = defaultConfig();
+    const dispatcher = new Dispatcher({ config, audit: noAudit, logger: silentLogger, services: createServices(config, silentLogger, noAudit) });
+    const listener = Bun.listen({ unix: path, socket: socketHandlers("unix", (c) => new RpcSession(c, dispatcher, config.limits)) });
+    try {
+      const fd = connectStreamSocket(AF_UNIX, sockaddrUn(path));
+      let reply = new Uint8Array(0);
+      const connect = Bun.connect as unknown as (o: { fd: number; socket: unknown }) => Promise<{ write(b: Uint8Array): number; end(): void }>;
+      const socket = await connect({
+        fd,
+        socket: {
+          data(_: unknown, chunk: Uint8Array) {
+            reply = Buffer.concat([reply, chunk]);
+          },
+        },
+      });
+      socket.write(encodeFrame(JSON.stringify({ jsonrpc: "2.0", id: 1, method: "ping", params: { payload: "via connect()" } })));
+      const deadline = Date.now() + 5_000;
+      while (reply.length < 4 && Date.now() < deadline) await Bun.sleep(10);
+      await Bun.sleep(20);
+      expect(JSON.parse(Buffer.from(reply.subarray(4)).toString())).toEqual({ jsonrpc: "2.0", id: 1, result: { pong: true, payload: "via connect()" } });
+      socket.end();
+    } finally {
+      listener.stop(true);
+    }
+  });
+
+  test("connect() to nothing is reported by name and errno", () => {
+    expect(() => connectStreamSocket(AF_UNIX, sockaddrUn("/nonexistent-dir/x.sock"))).toThrow("connect() failed: ENOENT (errno 2)");
   });
 
   test("a failing call is reported by name and errno", () => {

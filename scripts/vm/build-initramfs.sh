@@ -55,7 +55,7 @@ ln -s busybox "$STAGE/bin/sh"
 # name that is builtin or absent is skipped.)
 WANT="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
       virtio_console virtio_blk failover net_failover virtio_net
-      crc16 mbcache jbd2 crc32c_generic crc32c_intel libcrc32c ext4 ${MODULES:-}"
+      crc16 mbcache jbd2 crc32c_generic crc32c_intel libcrc32c ext4 vsock_loopback ${MODULES:-}"
 declare -A SEEN=()
 ORDER=()
 modpath() { # name -> relative path from modules.dep (accepts - or _)

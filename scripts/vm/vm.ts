@@ -18,10 +18,13 @@ const CACHE = join(ROOT, ".vm");
 export const AGENT_PORT = "org.kvmmanager.agent.0";
 export const QGA_PORT = "org.qemu.guest_agent.0";
 
-/** Config of the agent inside the test VM: exec on (busybox applets all resolve to /bin/busybox). */
+/**
+ * Config of the agent inside the test VM: exec on (busybox applets all resolve
+ * to /bin/busybox; the agent's own binary lets a test run the host CLI in the guest).
+ */
 export const GUEST_CONFIG = `[security]
 enable_exec = true
-allowed_commands = ["sh", "sleep", "cat", "echo", "true", "false"]
+allowed_commands = ["sh", "sleep", "cat", "echo", "true", "false", "kvm-manager-agent"]
 allowed_file_paths = ["/tmp", "/mnt"]
 
 [logging]
@@ -30,12 +33,19 @@ format = "text"
 audit_file = "/tmp/audit.jsonl"
 `;
 
-/** Starts qemu-ga on its port and our agent on its own, as a distribution's units would. */
+/** The port of the second agent, on vsock-listen, reachable inside the guest over vsock loopback (CID 1). */
+export const GUEST_VSOCK_PORT = 9100;
+
+/**
+ * Starts qemu-ga on its port, a second agent of ours on vsock-listen, and our
+ * agent on its virtio-serial port, as a distribution's units would.
+ */
 const GUEST_RUN = `#!/bin/sh
 mkdir -p /run/qga
 if [ -x /usr/sbin/qemu-ga ]; then
   /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT} -t /run/qga -f /run/qga/qemu-ga.pid -l /tmp/qemu-ga.log &
 fi
+/usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml --transport vsock-listen --vsock-port ${GUEST_VSOCK_PORT} --log-level warn &
 exec /usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml "$@"
 `;
 

@@ -22,7 +22,8 @@ export const HOST_USAGE = `Host commands (talk to an agent through the VM's char
   kvm-manager-agent methods                                  list methods and what they do
 ${TRANSFER_USAGE}
 
-  --socket PATH   unix socket of the VM's port (QEMU -chardev socket,path=PATH) or of an agent on unix-listen
+  --socket PATH   unix socket of the VM's port (QEMU -chardev socket,path=PATH) or of an agent on unix-listen,
+                  or vsock:CID:PORT for an agent on vsock-listen
   --json          print the raw JSON result instead of the human rendering
   --timeout MS    per-call timeout (default ${DEFAULT_TIMEOUT_MS})
   --wait MS       first wait up to MS for the agent to answer (the VM may still be booting)

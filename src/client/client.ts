@@ -17,6 +17,7 @@ import {
   type Result,
 } from "../schema/methods.ts";
 import { socketHandlers, type SocketConnection } from "../transport/socket-connection.ts";
+import { AF_VSOCK, connectStreamSocket, sockaddrVm } from "../transport/vsock/ffi.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -90,20 +91,29 @@ export class AgentClient implements ConnectionHandler, FrameSink {
 
   private constructor(private readonly defaultTimeoutMs: number) {}
 
-  /** Connect to a unix socket: QEMU's chardev socket for the VM's port, or an agent on unix-listen. */
-  static async connect(socketPath: string, options: { timeoutMs?: number } = {}): Promise<AgentClient> {
+  /**
+   * Connect to an agent: a unix socket path (QEMU's chardev socket for the
+   * VM's port, or an agent on unix-listen), or "vsock:CID:PORT" for an agent
+   * on vsock-listen.
+   */
+  static async connect(target: string, options: { timeoutMs?: number } = {}): Promise<AgentClient> {
+    const vsock = /^vsock:(\d+):(\d+)$/.exec(target);
     const client = new AgentClient(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const socket = socketHandlers("client", (connection) => {
+      client.connection = connection;
+      connection.send(SYNC_MARKER);
+      return client;
+    });
     try {
-      await Bun.connect<SocketConnection | undefined>({
-        unix: socketPath,
-        socket: socketHandlers("client", (connection) => {
-          client.connection = connection;
-          connection.send(SYNC_MARKER);
-          return client;
-        }),
-      });
+      if (vsock) {
+        const fd = connectStreamSocket(AF_VSOCK, sockaddrVm(Number(vsock[2]), Number(vsock[1])));
+        // Bun.connect takes a connected fd it did not create; bun-types only lists unix/TCP.
+        await (Bun.connect as unknown as (o: { fd: number; socket: typeof socket }) => Promise<unknown>)({ fd, socket });
+      } else {
+        await Bun.connect<SocketConnection | undefined>({ unix: target, socket });
+      }
     } catch (error) {
-      throw new AgentConnectionError(`cannot connect to ${socketPath}: ${(error as Error).message}`);
+      throw new AgentConnectionError(`cannot connect to ${target}: ${(error as Error).message}`);
     }
     return client;
   }

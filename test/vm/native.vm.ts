@@ -8,7 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { guestImage, newestKernel, TestVm } from "../../scripts/vm/vm.ts";
+import { GUEST_VSOCK_PORT, guestImage, newestKernel, TestVm } from "../../scripts/vm/vm.ts";
 import { AgentClient } from "../../src/client/client.ts";
 import { pullFile, pushFile } from "../../src/client/transfer.ts";
 import { encodeFrame } from "../../src/protocol/framing.ts";
@@ -129,6 +129,19 @@ test("two hosts one after the other never see each other's replies", async () =>
   const second = await connected();
   expect(await second.ping({ payload: "second host" })).toEqual({ pong: true, payload: "second host" });
   second.close();
+}, 60_000);
+
+test("vsock-listen end to end: our CLI in the guest reaches a second agent over vsock loopback", async () => {
+  const client = await connected();
+  try {
+    const run = await client.exec({ command: "kvm-manager-agent", args: ["get_info", "--socket", `vsock:1:${GUEST_VSOCK_PORT}`, "--json"] }, { timeoutMs: 30_000 });
+    expect(Buffer.from(run.stderr_base64, "base64").toString()).toBe("");
+    expect(run.exit_code).toBe(0);
+    const info = JSON.parse(Buffer.from(run.stdout_base64, "base64").toString());
+    expect(info).toMatchObject({ hostname: "guest", protocol_version: 1 });
+  } finally {
+    client.close();
+  }
 }, 60_000);
 
 test("Debian's qemu-ga runs beside it in the same VM (the benchmark baseline)", async () => {

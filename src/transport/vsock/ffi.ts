@@ -32,6 +32,19 @@ export function sockaddrUn(path: string): Uint8Array {
   return bytes;
 }
 
+/** The host's side: socket() + connect(); returns the connected fd (for Bun.connect({ fd })). */
+export function connectStreamSocket(family: number, address: Uint8Array): number {
+  const lib = libc();
+  const fd = lib.socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new LibcError("socket", errno());
+  if (lib.connect(fd, address, address.length) !== 0) {
+    const code = errno();
+    lib.close(fd);
+    throw new LibcError("connect", code);
+  }
+  return fd;
+}
+
 /** socket() + bind() + listen(); returns the listening fd or throws naming the failed call and errno. */
 export function listenStreamSocket(family: number, address: Uint8Array, backlog = 16): number {
   const lib = libc();
