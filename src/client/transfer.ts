@@ -39,8 +39,8 @@ export interface PushOptions {
   /**
    * Files up to this size go in one copy_to_guest; larger ones in upload_* chunks.
    * Default: whatever fits a 16 KiB request frame (about 12 KiB of content), so
-   * it works against any agent whose max_frame_bytes is 16 KiB or more (an
-   * oversized frame is answered without an id, which a call could only time out on).
+   * one call suffices against any agent whose max_frame_bytes is 16 KiB or more; a
+   * larger single copy would fail with -32004 against an agent with smaller frames.
    */
   smallFileBytes?: number;
   /** Chunks in flight at once (default 2: the next chunk travels while the agent writes one). */
