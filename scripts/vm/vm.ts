@@ -1,7 +1,7 @@
 /**
  * The test VM: a busybox initramfs (scripts/vm/build-initramfs.sh) with our
  * binary and Debian's qemu-ga, booted under TCG with the two virtio-serial
- * ports on host unix sockets, a QMP socket, an optional virtio disk and
+ * ports on host unix sockets, a QMP socket, a small virtio disk and
  * restricted user networking. Used by test/vm/*.vm.ts and scripts/bench.ts.
  *
  * Everything it starts it stops by PID, also when the test process dies.
@@ -99,7 +99,7 @@ export interface BootOptions {
   withoutAgentPort?: boolean;
   /** Let a guest reboot restart the VM instead of ending QEMU. */
   allowReboot?: boolean;
-  /** Attach a blank virtio disk of this many MiB (/dev/vda). */
+  /** Size of the blank virtio disk (/dev/vda) every test VM gets; default 32 MiB, 0 for none. */
   diskMiB?: number;
   memMiB?: number;
 }
@@ -148,10 +148,11 @@ export class TestVm {
       ...["-nic", "user,restrict=on,model=virtio-net-pci"],
     ];
     if (!options.withoutAgentPort) args.push(...TestVm.agentPortArgs(join(dir, "agent.sock")));
-    if (options.diskMiB) {
+    const diskMiB = options.diskMiB ?? 32;
+    if (diskMiB > 0) {
       const disk = join(dir, "disk.raw");
       writeFileSync(disk, "");
-      Bun.spawnSync(["truncate", "-s", `${options.diskMiB}M`, disk]);
+      Bun.spawnSync(["truncate", "-s", `${diskMiB}M`, disk]);
       args.push("-drive", `file=${disk},format=raw,if=virtio,cache=unsafe`);
     }
     const proc = Bun.spawn(args, { stdin: "ignore", stdout: Bun.file(join(dir, "qemu.out")), stderr: Bun.file(join(dir, "qemu.err")) });

@@ -31,6 +31,7 @@ test("get_metrics and get_users read the guest itself", async () => {
   expect(parsed.memory.total_bytes).toBeGreaterThan(400 * 1024 * 1024);
   expect(parsed.memory.total_bytes).toBeLessThanOrEqual(512 * 1024 * 1024);
   expect(parsed.network.map((n) => n.interface)).toContain("eth0");
+  expect(parsed.disks.map((d) => d.device)).toContain("vda"); // the harness's virtio disk
   const prometheus = await client.getMetrics({ format: "prometheus" });
   expect(prometheus.format === "prometheus" && prometheus.text).toContain("# TYPE kma_cpu_seconds_total counter");
   expect(await client.getUsers()).toEqual({ users: [] }); // nobody logs in to the test VM
