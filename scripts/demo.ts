@@ -14,7 +14,8 @@ const dir = mkdtempSync(join(tmpdir(), "kvm-manager-agent-demo-"));
 const socket = join(dir, "agent.sock");
 const config = join(dir, "config.toml");
 const audit = join(dir, "audit.jsonl");
-await Bun.write(config, `[logging]\nformat = "text"\naudit_file = "${audit}"\n`);
+// On a host there is no org.qemu.guest_agent.0: the QGA protocol goes on a unix socket too.
+await Bun.write(config, `[qga]\ntype = "unix-listen"\npath = "${join(dir, "qga.sock")}"\n[logging]\nformat = "text"\naudit_file = "${audit}"\n`);
 
 console.log(`$ ${binary} --transport unix-listen --path ${socket} --config ${config} &`);
 const agent = Bun.spawn([binary, "--transport", "unix-listen", "--path", socket, "--config", config], {

@@ -5,6 +5,8 @@ import { noAudit, openAuditFile } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
 import { Dispatcher } from "./protocol/dispatcher.ts";
 import { RpcSession } from "./protocol/session.ts";
+import { QgaDispatcher } from "./qga/dispatcher.ts";
+import { QgaSession } from "./qga/session.ts";
 import { StdioTransport } from "./transport/stdio.ts";
 import type { Transport } from "./transport/transport.ts";
 import { UnixListenTransport } from "./transport/unix-listen.ts";
@@ -26,21 +28,40 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     (stopping ??= (async () => {
       logger.info("stopping", { reason });
       await transport.close();
+      await qgaTransport?.close();
       services.exec.killAll();
       services.files.close();
       await audit.close();
     })());
-  const transport = createTransport(config, logger, () => void stop("stdin closed").then(() => process.exit(0)));
+  const transport = createTransport(config.transport, logger, () => void stop("stdin closed").then(() => process.exit(0)));
   await transport.start((connection) => {
     logger.debug("host connected", { transport: connection.transport });
     return new RpcSession(connection, dispatcher, config.limits, logger);
   });
-  logger.info("agent started", { version: AGENT_VERSION, transport: transport.name, audit: auditFile || "off" });
+  // The QEMU guest agent protocol, on its own port, for libvirt and friends.
+  let qgaTransport: Transport | null = null;
+  if (config.qga.enabled) {
+    const qgaDispatcher = new QgaDispatcher({ audit, logger });
+    qgaTransport = createTransport(config.qga, logger, () => {});
+    await qgaTransport.start((connection) => {
+      logger.debug("QGA host connected", { transport: connection.transport });
+      return new QgaSession(connection, qgaDispatcher);
+    });
+  }
+  logger.info("agent started", {
+    version: AGENT_VERSION,
+    transport: transport.name,
+    qga: qgaTransport ? `${config.qga.type} ${config.qga.type === "vsock-listen" ? config.qga.vsock_port : config.qga.path}` : "off",
+    audit: auditFile || "off",
+  });
   return { stop };
 }
 
-function createTransport(config: AgentConfig, logger: Logger, onStdinEnd: () => void): Transport {
-  const { type, path, vsock_port } = config.transport;
+function createTransport(
+  { type, path, vsock_port }: { type: AgentConfig["transport"]["type"]; path: string; vsock_port: number },
+  logger: Logger,
+  onStdinEnd: () => void,
+): Transport {
   switch (type) {
     case "virtio-serial":
       return new VirtioSerialTransport(path, logger);

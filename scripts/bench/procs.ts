@@ -61,6 +61,8 @@ export class Servers {
         "enable_exec = true",
         'allowed_commands = ["true"]',
         `allowed_file_paths = [${JSON.stringify(this.dir)}]`,
+        "[qga]",
+        "enabled = false",
         "[logging]",
         'level = "warn"',
         `audit_file = ${JSON.stringify(join(this.dir, "audit.jsonl"))}`,

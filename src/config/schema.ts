@@ -12,6 +12,12 @@ export const DEFAULT_VIRTIO_PORT = process.platform === "win32"
   ? "\\\\.\\Global\\org.kvmmanager.agent.0"
   : "/dev/virtio-ports/org.kvmmanager.agent.0";
 
+export const DEFAULT_QGA_PORT = process.platform === "win32"
+  ? "\\\\.\\Global\\org.qemu.guest_agent.0"
+  : "/dev/virtio-ports/org.qemu.guest_agent.0";
+
+export const DEFAULT_QGA_VSOCK_PORT = 9101;
+
 export const DEFAULT_CONFIG_PATH = process.platform === "win32"
   ? `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\config.toml`
   : "/etc/kvm-manager-agent/config.toml";
@@ -30,6 +36,14 @@ export const configSchema = z.strictObject({
       type: z.enum(TRANSPORT_TYPES).default("virtio-serial"),
       path: z.string().min(1).default(DEFAULT_VIRTIO_PORT).describe("Device path (virtio-serial) or socket path (unix-listen)"),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_VSOCK_PORT),
+    })
+    .prefault({}),
+  qga: z
+    .strictObject({
+      enabled: z.boolean().default(true).describe("Also serve the QEMU guest agent protocol, for libvirt, Proxmox, OpenStack and KubeVirt"),
+      type: z.enum(["virtio-serial", "unix-listen", "vsock-listen"]).default("virtio-serial"),
+      path: z.string().min(1).default(DEFAULT_QGA_PORT),
+      vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_QGA_VSOCK_PORT),
     })
     .prefault({}),
   security: z

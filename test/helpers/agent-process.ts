@@ -144,12 +144,18 @@ export interface ConfigOptions {
   extraToml?: string;
 }
 
-/** Writes `<dir>/config.toml` with the audit file inside `dir` and debug logging; returns its path. */
+/**
+ * Writes `<dir>/config.toml` with the audit file inside `dir` and debug
+ * logging; returns its path. The QGA port is off unless extraToml sets [qga]:
+ * the host has no org.qemu.guest_agent.0 to serve.
+ */
 export function writeConfig(dir: string, { maxFrameBytes = 65_536, extraToml = "" }: ConfigOptions = {}): string {
   const path = join(dir, "config.toml");
   writeFileSync(
     path,
     [
+      // First: extraToml may go on with keys of [limits] without a header.
+      extraToml.includes("[qga]") ? "" : "[qga]\nenabled = false\n",
       "[logging]",
       'level = "debug"',
       `audit_file = ${JSON.stringify(join(dir, "audit.jsonl"))}`,

@@ -1,0 +1,109 @@
+/**
+ * One QGA request, checked the way qemu's qmp_dispatch does and in its order,
+ * so that every malformed request draws qemu-ga's own error class and text.
+ */
+import type { z } from "zod";
+import type { AuditLog } from "../log/audit.ts";
+import type { Logger } from "../log/logger.ts";
+import { AGENT_VERSION } from "../version.ts";
+import { genericError, QgaError } from "./errors.ts";
+import { qmpStringify } from "./json.ts";
+import { isQgaCommand, QGA_COMMAND_NAMES, QGA_COMMANDS, qapiTypeName, type QgaCommandName } from "./schema.ts";
+
+/** A reply line (without its newline), whether a 0xFF goes before it, or nothing for a no-reply command. */
+export interface QgaReply {
+  line: string;
+  delimited: boolean;
+}
+
+const TOP_LEVEL_MEMBERS = new Set(["execute", "arguments", "id"]);
+
+export interface QgaDispatcherDeps {
+  audit: AuditLog;
+  logger: Logger;
+}
+
+export class QgaDispatcher {
+  constructor(private readonly deps: QgaDispatcherDeps) {}
+
+  async handle(message: unknown, transport: string): Promise<QgaReply | null> {
+    const started = performance.now();
+    let command = "";
+    let id: unknown;
+    try {
+      if (typeof message !== "object" || message === null || Array.isArray(message)) throw genericError("QMP input must be a JSON object");
+      const request = message as Record<string, unknown>;
+      for (const member of Object.keys(request)) {
+        if (!TOP_LEVEL_MEMBERS.has(member)) throw genericError(`QMP input member '${member}' is unexpected`);
+      }
+      id = request.id;
+      if (!("execute" in request)) throw genericError("QMP input lacks member 'execute'");
+      if (typeof request.execute !== "string") throw genericError("QMP input member 'execute' must be a string");
+      command = request.execute;
+      const args = request.arguments ?? {};
+      if (typeof args !== "object" || args === null || Array.isArray(args)) throw genericError("QMP input member 'arguments' must be an object");
+      if (!isQgaCommand(command)) throw new QgaError("CommandNotFound", `The command ${command} has not been found`);
+      const result = this.run(command, args);
+      this.audit(command, id, transport, started);
+      if (!QGA_COMMANDS[command].successResponse) return null;
+      return { line: qmpStringify(id === undefined ? { return: result } : { return: result, id }), delimited: command === "guest-sync-delimited" };
+    } catch (error) {
+      const qgaError = error instanceof QgaError ? error : this.internal(command, error);
+      this.audit(command, id, transport, started, qgaError);
+      return { line: errorLine(qgaError, id), delimited: false };
+    }
+  }
+
+  private run(command: QgaCommandName, rawArgs: object): unknown {
+    const args = parseArgs(QGA_COMMANDS[command].args, rawArgs);
+    switch (command) {
+      case "guest-sync-delimited":
+      case "guest-sync":
+        return (args as { id: number }).id;
+      case "guest-ping":
+        return {};
+      case "guest-info":
+        return {
+          version: AGENT_VERSION,
+          supported_commands: QGA_COMMAND_NAMES.map((name) => ({ enabled: true, name, "success-response": QGA_COMMANDS[name].successResponse })),
+        };
+    }
+  }
+
+  private internal(command: string, error: unknown): QgaError {
+    this.deps.logger.error("QGA command failed", { command, error: String(error) });
+    return genericError(`${command}: ${(error as Error)?.message ?? String(error)}`);
+  }
+
+  private audit(command: string, id: unknown, transport: string, started: number, error?: QgaError): void {
+    this.deps.audit.record({
+      method: command,
+      id: typeof id === "string" || typeof id === "number" ? id : id === undefined ? undefined : null,
+      transport,
+      outcome: error ? "error" : "ok",
+      code: undefined,
+      duration_ms: Math.round((performance.now() - started) * 1000) / 1000,
+    });
+  }
+}
+
+/** qemu's reply to a request it could not run; the id, when the request had one, comes first (as qemu-ga writes it). */
+export function errorLine(error: QgaError, id?: unknown): string {
+  const body = { class: error.errorClass, desc: error.desc };
+  return qmpStringify(id === undefined ? { error: body } : { id, error: body });
+}
+
+/** Validates arguments, naming the first bad one as qemu's input visitor does. */
+function parseArgs(schema: z.ZodType, args: object): unknown {
+  const parsed = schema.safeParse(args);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  const name = (path: PropertyKey[]) =>
+    path.reduce<string>((out, part) => (typeof part === "number" ? `${out}[${part}]` : out ? `${out}.${String(part)}` : String(part)), "");
+  if (issue.code === "unrecognized_keys") throw genericError(`Parameter '${name([...issue.path, issue.keys[0]!])}' is unexpected`);
+  if (issue.code === "invalid_type") {
+    if (/received undefined$/.test(issue.message)) throw genericError(`Parameter '${name(issue.path)}' is missing`);
+    throw genericError(`Invalid parameter type for '${name(issue.path)}', expected: ${qapiTypeName(issue.expected)}`);
+  }
+  throw genericError(`Parameter '${name(issue.path)}' is invalid: ${issue.message}`);
+}

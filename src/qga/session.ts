@@ -1,0 +1,90 @@
+/**
+ * One QGA connection: JSON values in, one reply line per request out, in
+ * request order (qemu-ga answers one request at a time; hosts rely on it).
+ */
+import type { Connection, ConnectionHandler } from "../transport/transport.ts";
+import { errorLine, type QgaDispatcher, type QgaReply } from "./dispatcher.ts";
+import { genericError } from "./errors.ts";
+import { QgaStreamParser, type QgaStreamSink } from "./stream.ts";
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const encoder = new TextEncoder();
+const DELIMITER = Uint8Array.of(0xff);
+/** Requests parsed but not yet answered; past this, reading pauses. */
+const MAX_QUEUED = 64;
+
+export class QgaSession implements ConnectionHandler, QgaStreamSink {
+  private readonly parser = new QgaStreamParser(this);
+  private tail: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private paused = false;
+  private closed = false;
+
+  constructor(
+    private readonly connection: Connection,
+    private readonly dispatcher: QgaDispatcher,
+  ) {}
+
+  onData(chunk: Uint8Array): void {
+    this.parser.push(chunk);
+  }
+
+  async onInputEnd(): Promise<void> {
+    await this.tail;
+  }
+
+  onClose(): void {
+    this.closed = true;
+    this.parser.reset();
+  }
+
+  /** As qemu-ga: the 0xFF is a lexer error that resets the parser, and it is reported. */
+  onReset(): void {
+    this.enqueue(() => plain(errorLine(genericError("JSON parse error, stray '\\uFFFD'"))));
+  }
+
+  onTooLarge(limit: number): void {
+    this.enqueue(() => plain(errorLine(genericError(`JSON parse error, a message is above the limit of ${limit} bytes`))));
+  }
+
+  onStray(byte: number): void {
+    this.enqueue(() => plain(errorLine(genericError(`JSON parse error, stray '${String.fromCharCode(byte)}'`))));
+  }
+
+  onMessage(bytes: Uint8Array): void {
+    let value: unknown;
+    try {
+      value = JSON.parse(utf8.decode(bytes));
+    } catch (error) {
+      const detail = error instanceof TypeError ? "invalid UTF-8" : (error as Error).message.replace(/^JSON Parse error: /, "");
+      // Parse errors carry no id: the request never became an object with one.
+      return this.enqueue(() => plain(errorLine(genericError(`JSON parse error, ${detail}`))));
+    }
+    const transport = `qga:${this.connection.transport}`;
+    this.enqueue(() => this.dispatcher.handle(value, transport));
+  }
+
+  /** Replies leave in request order, whatever each one waits on. */
+  private enqueue(produce: () => QgaReply | null | Promise<QgaReply | null>): void {
+    this.queued++;
+    if (this.queued > MAX_QUEUED && !this.paused) {
+      this.paused = true;
+      this.connection.pause();
+    }
+    this.tail = this.tail.then(async () => {
+      const reply = await produce();
+      this.queued--;
+      if (this.paused && this.queued <= MAX_QUEUED / 2) {
+        this.paused = false;
+        this.connection.resume();
+      }
+      if (reply === null || this.closed) return;
+      const bytes = encoder.encode(`${reply.line}\n`);
+      this.connection.send(reply.delimited ? Buffer.concat([DELIMITER, bytes]) : bytes);
+    });
+  }
+}
+
+function plain(line: string): QgaReply {
+  return { line, delimited: false };
+}

@@ -1,0 +1,122 @@
+/**
+ * The QGA protocol, differentially: the same byte streams go to Debian's
+ * qemu-ga and to our compiled agent (QGA on unix-listen, both on this
+ * machine), and the replies are compared — exactly, except where they must
+ * differ (guest-info's version and command list; the wording after
+ * "JSON parse error, ", which comes from each side's own JSON parser).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { AGENT_VERSION } from "../../src/version.ts";
+import { startAgentProcess, terminate, type AgentProcess } from "../helpers/agent-process.ts";
+
+const QEMU_GA = "/usr/sbin/qemu-ga";
+const haveQemuGa = existsSync(QEMU_GA);
+
+let ours: AgentProcess;
+let theirs: ReturnType<typeof Bun.spawn> | null = null;
+const dir = mkdtempSync(join(tmpdir(), "kma-qga-diff-"));
+const oursSocket = join(dir, "ours.sock");
+const theirsSocket = join(dir, "theirs.sock");
+
+beforeAll(async () => {
+  ours = await startAgentProcess({ extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(oursSocket)}\n` });
+  if (haveQemuGa) {
+    theirs = Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", theirsSocket, "-t", dir, "-f", join(dir, "qemu-ga.pid"), "-l", join(dir, "qemu-ga.log")], {
+      stdout: "ignore",
+      stderr: "ignore",
+    });
+  }
+  const deadline = Date.now() + 10_000;
+  while (!(existsSync(oursSocket) && (!haveQemuGa || existsSync(theirsSocket)))) {
+    if (Date.now() > deadline) throw new Error("QGA sockets did not appear");
+    await Bun.sleep(20);
+  }
+});
+
+afterAll(async () => {
+  await ours?.stop();
+  if (theirs) await terminate(theirs as never);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Sends `input` on a fresh connection and collects reply lines until `count` arrived. */
+async function exchange(socket: string, input: Uint8Array | string, count: number): Promise<string[]> {
+  let received = Buffer.alloc(0);
+  const connection = await Bun.connect({
+    unix: socket,
+    socket: {
+      data(_, chunk) {
+        received = Buffer.concat([received, chunk]);
+      },
+    },
+  });
+  connection.write(typeof input === "string" ? Buffer.from(input) : input);
+  const deadline = Date.now() + 5_000;
+  const lines = () => received.toString("latin1").split("\n").slice(0, -1);
+  while (lines().length < count && Date.now() < deadline) await Bun.sleep(10);
+  connection.end();
+  return lines();
+}
+
+/** What must be equal: parse-error wording after the prefix is each side's own. */
+function comparable(line: string): string {
+  return line.replace(/("desc": "JSON parse error, )[^"]*(")/, "$1…$2");
+}
+
+const CASES: [string, string | number[], number][] = [
+  ["guest-ping", '{"execute":"guest-ping"}', 1],
+  ["a string id is echoed", '{"execute":"guest-ping","id":"abc"}', 1],
+  ["a number id is echoed", '{"execute":"guest-ping","id":7}', 1],
+  ["guest-sync returns its id", '{"execute":"guest-sync","arguments":{"id":12345}}', 1],
+  ["guest-sync-delimited prefixes 0xFF", '{"execute":"guest-sync-delimited","arguments":{"id":99}}', 1],
+  ["an array", "[1,2]", 1],
+  ["a number", "123\n", 1],
+  ["a string", '"str"\n', 1],
+  ["an empty object", "{}", 1],
+  ["an unexpected member", '{"foo":1}', 1],
+  ["execute not a string", '{"execute":12}', 1],
+  ["an unknown command", '{"execute":"nope"}', 1],
+  ["an unknown command with an id", '{"execute":"nope","id":"x"}', 1],
+  ["an unexpected parameter", '{"execute":"guest-ping","arguments":{"foo":1}}', 1],
+  ["arguments not an object", '{"execute":"guest-ping","arguments":[]}', 1],
+  ["a missing parameter", '{"execute":"guest-sync"}', 1],
+  ["a parameter of the wrong type", '{"execute":"guest-sync","arguments":{"id":"x"}}', 1],
+  ["invalid JSON", '{"execute":"guest-ping" garbage}', 1],
+  ["invalid JSON, then a good request", '{bad json}{"execute":"guest-ping"}', 2],
+  ["0xFF resets the parser (and draws an error), then a good request", [0xff, ...Buffer.from('{"execute":"guest-ping","id":1}')], 2],
+  ["two requests in one write", '{"execute":"guest-ping"}{"execute":"guest-ping","id":2}', 2],
+  ["out-of-band control is refused (invalid-oob)", '{"execute":"guest-ping","control":{"run-oob":true}}', 1],
+  ["exec-oob is refused (invalid-oob)", '{"exec-oob":"guest-ping"}', 1],
+];
+
+describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
+  for (const [name, input, count] of CASES) {
+    test(name, async () => {
+      const bytes = typeof input === "string" ? Buffer.from(input) : Uint8Array.from(input);
+      const [mine, reference] = await Promise.all([exchange(oursSocket, bytes, count), exchange(theirsSocket, bytes, count)]);
+      expect(reference).toHaveLength(count);
+      expect(mine.map(comparable)).toEqual(reference.map(comparable));
+    });
+  }
+
+  test("guest-info has qemu-ga's shape; our version and the commands we serve", async () => {
+    const [[mine], [reference]] = await Promise.all([exchange(oursSocket, '{"execute":"guest-info"}', 1), exchange(theirsSocket, '{"execute":"guest-info"}', 1)]);
+    const ourInfo = JSON.parse(mine!).return;
+    const theirInfo = JSON.parse(reference!).return;
+    expect(Object.keys(ourInfo)).toEqual(Object.keys(theirInfo));
+    expect(ourInfo.version).toBe(AGENT_VERSION);
+    expect(Object.keys(ourInfo.supported_commands[0])).toEqual(Object.keys(theirInfo.supported_commands[0]));
+    const theirNames = new Set(theirInfo.supported_commands.map((c: { name: string }) => c.name));
+    for (const command of ourInfo.supported_commands) expect(theirNames.has(command.name)).toBe(true);
+    expect(ourInfo.supported_commands.map((c: { name: string }) => c.name)).toEqual(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
+  });
+});
+
+test("the QGA port answers guest-sync-delimited with 0xFF first, as libvirt expects", async () => {
+  const lines = await exchange(oursSocket, Buffer.concat([Uint8Array.of(0xff), Buffer.from('{"execute":"guest-sync-delimited","arguments":{"id":4242}}')]), 2);
+  expect(lines[0]).toBe('{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\\\uFFFD\'"}}');
+  expect(lines[1]).toBe('\u00ff{"return": 4242}');
+});
