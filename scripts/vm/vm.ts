@@ -37,6 +37,9 @@ format = "text"
 audit_file = "/tmp/audit.jsonl"
 `;
 
+/** The same config, but our agent serves org.qemu.guest_agent.0 itself (booted with `ourQga`). */
+const GUEST_CONFIG_OUR_QGA = GUEST_CONFIG.replace("[qga]\nenabled = false", "[qga]\nenabled = true");
+
 /** The port of the second agent, on vsock-listen, reachable inside the guest over vsock loopback (CID 1). */
 export const GUEST_VSOCK_PORT = 9100;
 
@@ -46,11 +49,14 @@ export const GUEST_VSOCK_PORT = 9100;
  */
 const GUEST_RUN = `#!/bin/sh
 mkdir -p /run/qga
-if [ -x /usr/sbin/qemu-ga ]; then
+config=/etc/kvm-manager-agent/config.toml
+if grep -qw kma_qga /proc/cmdline; then
+  config=/etc/kvm-manager-agent/config-our-qga.toml
+elif [ -x /usr/sbin/qemu-ga ]; then
   /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT} -t /run/qga -f /run/qga/qemu-ga.pid -l /tmp/qemu-ga.log &
 fi
 /usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml --transport vsock-listen --vsock-port ${GUEST_VSOCK_PORT} --log-level warn &
-exec /usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml "$@"
+exec /usr/bin/kvm-manager-agent --config $config "$@"
 `;
 
 export function newestKernel(): string {
@@ -71,16 +77,18 @@ export async function guestImage(agentBinary: string): Promise<string> {
     const st = statSync(file);
     hash.update(`${file}:${st.size}:${st.mtimeMs}\n`);
   }
-  hash.update(GUEST_CONFIG + GUEST_RUN);
+  hash.update(GUEST_CONFIG + GUEST_CONFIG_OUR_QGA + GUEST_RUN);
   const out = join(CACHE, `guest-${hash.digest("hex").slice(0, 16)}.cpio`);
   if (existsSync(out)) return out;
   const staging = mkdtempSync(join(tmpdir(), "kma-guest-"));
   try {
     writeFileSync(join(staging, "config.toml"), GUEST_CONFIG);
+    writeFileSync(join(staging, "config-our-qga.toml"), GUEST_CONFIG_OUR_QGA);
     writeFileSync(join(staging, "run"), GUEST_RUN, { mode: 0o755 });
     const files = [
       `${agentBinary}:/usr/bin/kvm-manager-agent`,
       `${join(staging, "config.toml")}:/etc/kvm-manager-agent/config.toml`,
+      `${join(staging, "config-our-qga.toml")}:/etc/kvm-manager-agent/config-our-qga.toml`,
       `${join(staging, "run")}:/agent/run`,
     ];
     if (existsSync("/usr/sbin/qemu-ga")) files.push("/usr/sbin/qemu-ga:/usr/sbin/qemu-ga");
@@ -99,6 +107,8 @@ export interface BootOptions {
   image: string;
   /** Extra kernel command line, e.g. "agent_args=--log-level,info". */
   append?: string;
+  /** Our agent serves org.qemu.guest_agent.0 (qemu-ga is not started). */
+  ourQga?: boolean;
   /** Leave out the agent's port at boot (to hot-plug it later). */
   withoutAgentPort?: boolean;
   /** Let a guest reboot restart the VM instead of ending QEMU. */
@@ -143,7 +153,7 @@ export class TestVm {
       ...["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-monitor", "none"],
       ...(options.allowReboot ? [] : ["-no-reboot"]),
       ...["-kernel", newestKernel(), "-initrd", options.image],
-      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.append ?? ""}`],
+      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.ourQga ? "kma_qga " : ""}${options.append ?? ""}`],
       ...["-serial", `file:${join(dir, "console.log")}`],
       ...["-qmp", `unix:${join(dir, "qmp.sock")},server=on,wait=off`],
       ...["-device", "virtio-serial-pci,id=vser0"],

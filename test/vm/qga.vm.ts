@@ -1,0 +1,82 @@
+/**
+ * Our agent speaking the QEMU guest agent protocol on a real
+ * org.qemu.guest_agent.0 port (qemu-ga not started in this guest): the way
+ * libvirt finds and resynchronises with an agent, including after a host that
+ * dropped its connection in the middle of a request.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { guestImage, TestVm } from "../../scripts/vm/vm.ts";
+import { AGENT_VERSION } from "../../src/version.ts";
+import { ensureBinary } from "../helpers/agent-process.ts";
+
+let vm: TestVm;
+
+beforeAll(async () => {
+  vm = await TestVm.boot({ image: await guestImage(await ensureBinary()), ourQga: true });
+  await vm.waitForConsole(/agent started.*qga="virtio-serial/, 90_000);
+}, 120_000);
+
+afterAll(async () => {
+  await vm?.stop();
+});
+
+/**
+ * libvirt's handshake: 0xFF, then guest-sync-delimited with a fresh id; skip
+ * everything up to the 0xFF that precedes the reply, and check the id.
+ */
+async function libvirtSync(id: number): Promise<{ send(request: object): Promise<unknown>; close(): void }> {
+  let received = Buffer.alloc(0);
+  const socket = await Bun.connect({
+    unix: vm.qgaSocket,
+    socket: {
+      data(_, chunk) {
+        received = Buffer.concat([received, chunk]);
+      },
+    },
+  });
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    received = Buffer.alloc(0);
+    socket.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }))]));
+    const tryUntil = Date.now() + 1_000;
+    while (Date.now() < tryUntil) {
+      const delimiter = received.lastIndexOf(0xff);
+      const line = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
+      if (line.endsWith("\n") && JSON.parse(line).return === id) {
+        received = Buffer.alloc(0);
+        return {
+          async send(request) {
+            received = Buffer.alloc(0);
+            socket.write(JSON.stringify(request));
+            const until = Date.now() + 10_000;
+            while (!received.includes(0x0a) && Date.now() < until) await Bun.sleep(5);
+            return JSON.parse(received.toString());
+          },
+          close: () => socket.end(),
+        };
+      }
+      await Bun.sleep(20);
+    }
+    if (Date.now() > deadline) throw new Error("no guest-sync-delimited answer");
+  }
+}
+
+test("libvirt's handshake, guest-ping and guest-info over a real org.qemu.guest_agent.0", async () => {
+  const agent = await libvirtSync(1234567);
+  expect(await agent.send({ execute: "guest-ping" })).toEqual({ return: {} });
+  const info = (await agent.send({ execute: "guest-info" })) as { return: { version: string } };
+  expect(info.return.version).toBe(AGENT_VERSION);
+  expect(await agent.send({ execute: "guest-sync", arguments: { id: 9 } })).toEqual({ return: 9 });
+  agent.close();
+}, 60_000);
+
+test("a host that drops its connection mid-request and comes back resyncs with 0xFF + guest-sync-delimited", async () => {
+  for (let i = 0; i < 10; i++) {
+    const cut = await Bun.connect({ unix: vm.qgaSocket, socket: { data() {} } });
+    cut.write(`{"execute":"guest-sync","arguments":{"id":${"9".repeat(1 + i)}`); // no closing braces
+    cut.end();
+    const agent = await libvirtSync(1000 + i);
+    expect(await agent.send({ execute: "guest-ping", id: `after-cut-${i}` })).toEqual({ return: {}, id: `after-cut-${i}` });
+    agent.close();
+  }
+}, 120_000);
