@@ -41,7 +41,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   // The QEMU guest agent protocol, on its own port, for libvirt and friends.
   let qgaTransport: Transport | null = null;
   if (config.qga.enabled) {
-    const qgaDispatcher = new QgaDispatcher({ audit, logger });
+    const qgaDispatcher = new QgaDispatcher({ audit, logger, users: services.users });
     qgaTransport = createTransport(config.qga, logger, () => {});
     await qgaTransport.start((connection) => {
       logger.debug("QGA host connected", { transport: connection.transport });

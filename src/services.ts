@@ -41,6 +41,8 @@ export interface MetricsService {
 
 export interface UsersService {
   list(): Answer<Result<"get_users">>;
+  /** guest-get-users: one entry per user, earliest login (qemu-ga's view of the same utmp). */
+  qgaUsers(): { user: string; "login-time": number }[];
 }
 
 export interface PowerService {

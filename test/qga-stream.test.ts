@@ -70,10 +70,27 @@ describe("QGA stream parser", () => {
 });
 
 describe("qmpStringify", () => {
-  test("qemu's separators and member order", () => {
+  test("qemu's separators, and members in QDict hash order whatever order they are given in", () => {
     expect(qmpStringify({ return: {}, id: "abc" })).toBe('{"return": {}, "id": "abc"}');
+    expect(qmpStringify({ error: { class: "GenericError", desc: "x" }, id: 1 })).toBe('{"id": 1, "error": {"class": "GenericError", "desc": "x"}}');
+    // Seen from qemu-ga 7.2's guest-get-osinfo, fields given in qapi schema order:
+    const osinfo = { "kernel-release": "r", "kernel-version": "v", machine: "m", id: "i", name: "n", "pretty-name": "p", version: "V", "version-id": "I" };
+    expect(Object.keys(JSON.parse(qmpStringify(osinfo)))).toEqual(["name", "kernel-release", "version", "pretty-name", "version-id", "kernel-version", "machine", "id"]);
     expect(qmpStringify({ error: { class: "GenericError", desc: "x" } })).toBe('{"error": {"class": "GenericError", "desc": "x"}}');
     expect(qmpStringify({ a: [1, true, null, "s"] })).toBe('{"a": [1, true, null, "s"]}');
+  });
+
+  test("doubles as C's %.17g, integers and bigints as integers", () => {
+    // Expected values from C's printf("%.17g") (Python's % operator).
+    expect(qmpStringify(1700000000.123456)).toBe("1700000000.123456");
+    expect(qmpStringify(0.1)).toBe("0.10000000000000001");
+    expect(qmpStringify(0.5)).toBe("0.5");
+    expect(qmpStringify(1e21 + 0.5)).toBe("1e+21");
+    expect(qmpStringify(1.5e-7)).toBe("1.4999999999999999e-07");
+    expect(qmpStringify(1.5e-5)).toBe("1.5e-05");
+    expect(qmpStringify(-0.00012345)).toBe("-0.00012344999999999999");
+    expect(qmpStringify(12)).toBe("12");
+    expect(qmpStringify(1795245328758865000n)).toBe("1795245328758865000");
   });
 
   test("non-ASCII and control characters are escaped as qemu does", () => {

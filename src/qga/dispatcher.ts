@@ -3,7 +3,10 @@
  * so that every malformed request draws qemu-ga's own error class and text.
  */
 import type { z } from "zod";
+import os from "node:os";
 import type { AuditLog } from "../log/audit.ts";
+import type { UsersService } from "../services.ts";
+import { guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -21,6 +24,7 @@ const TOP_LEVEL_MEMBERS = new Set(["execute", "arguments", "id"]);
 export interface QgaDispatcherDeps {
   audit: AuditLog;
   logger: Logger;
+  users: UsersService;
 }
 
 export class QgaDispatcher {
@@ -62,10 +66,20 @@ export class QgaDispatcher {
         return (args as { id: number }).id;
       case "guest-ping":
         return {};
+      case "guest-get-host-name":
+        return { "host-name": os.hostname() };
+      case "guest-get-time":
+        return guestTime();
+      case "guest-get-osinfo":
+        return guestOsInfo();
+      case "guest-get-users":
+        return this.deps.users.qgaUsers();
+      case "guest-get-vcpus":
+        return guestVcpus();
       case "guest-info":
         return {
           version: AGENT_VERSION,
-          supported_commands: QGA_COMMAND_NAMES.map((name) => ({ enabled: true, name, "success-response": QGA_COMMANDS[name].successResponse })),
+          supported_commands: QGA_COMMAND_NAMES.map((name) => ({ name, enabled: true, "success-response": QGA_COMMANDS[name].successResponse })),
         };
     }
   }
@@ -87,10 +101,10 @@ export class QgaDispatcher {
   }
 }
 
-/** qemu's reply to a request it could not run; the id, when the request had one, comes first (as qemu-ga writes it). */
+/** qemu's reply to a request it could not run; the id is echoed when the request had one. */
 export function errorLine(error: QgaError, id?: unknown): string {
   const body = { class: error.errorClass, desc: error.desc };
-  return qmpStringify(id === undefined ? { error: body } : { id, error: body });
+  return qmpStringify(id === undefined ? { error: body } : { error: body, id });
 }
 
 /** Validates arguments, naming the first bad one as qemu's input visitor does. */

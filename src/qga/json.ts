@@ -1,8 +1,10 @@
 /**
- * JSON as qemu writes it (qobject_to_json): ", " and ": " separators, and
- * every character outside printable ASCII escaped as \uXXXX (surrogate pairs
- * above U+FFFF). Hosts parse JSON, so this is about replies looking exactly
- * like qemu-ga's, byte for byte where a tool compares them as text.
+ * JSON as qemu writes it (qobject_to_json): ", " and ": " separators, every
+ * character outside printable ASCII escaped as \uXXXX (surrogate pairs above
+ * U+FFFF), and object members in QDict order — a hash table of 512 buckets
+ * keyed by tdb_hash, walked bucket by bucket, the newest entry of a bucket
+ * first. Members are inserted in the order of the object given (qapi schema
+ * order), so replies come out byte for byte as qemu-ga's.
  */
 export function qmpStringify(value: unknown): string {
   if (value === null || value === undefined) return "null";
@@ -10,13 +12,18 @@ export function qmpStringify(value: unknown): string {
     case "string":
       return quote(value);
     case "number":
-      return Number.isFinite(value) ? String(value) : "null";
+      if (!Number.isFinite(value)) return "null";
+      return Number.isInteger(value) ? String(value) : formatDouble(value);
+    case "bigint":
+      return String(value);
     case "boolean":
       return value ? "true" : "false";
     case "object": {
       if (Array.isArray(value)) return `[${value.map(qmpStringify).join(", ")}]`;
       const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
-      return `{${entries.map(([k, v]) => `${quote(k)}: ${qmpStringify(v)}`).join(", ")}}`;
+      return `{${qdictOrder(entries)
+        .map(([k, v]) => `${quote(k)}: ${qmpStringify(v)}`)
+        .join(", ")}}`;
     }
     default:
       return "null";
@@ -38,4 +45,32 @@ function quote(text: string): string {
     else out += `\\u${code.toString(16).toUpperCase().padStart(4, "0")}`;
   }
   return `${out}"`;
+}
+
+/** C's "%.17g", as qemu prints a double: 17 significant digits, trailing zeros dropped. */
+function formatDouble(value: number): string {
+  // %g goes exponential below 1e-4; toPrecision only below 1e-6.
+  const text = Math.abs(value) < 1e-4 ? value.toExponential(16) : value.toPrecision(17);
+  if (text.includes("e")) {
+    const [mantissa, exponent] = text.split("e") as [string, string];
+    const digits = Number(exponent);
+    return `${mantissa.replace(/\.?0+$/, "")}e${digits < 0 ? "-" : "+"}${String(Math.abs(digits)).padStart(2, "0")}`;
+  }
+  return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
+}
+
+const QDICT_BUCKETS = 512;
+
+/** qemu's util/qdict.c tdb_hash, in 32-bit unsigned arithmetic. */
+export function tdbHash(key: string): number {
+  let value = Math.imul(0x238f13af, key.length) >>> 0;
+  for (let i = 0; i < key.length; i++) value = (value + ((key.charCodeAt(i) << ((i * 5) % 24)) >>> 0)) >>> 0;
+  return (Math.imul(1103515243, value) + 12345) >>> 0;
+}
+
+function qdictOrder<T>(entries: [string, T][]): [string, T][] {
+  return entries
+    .map((entry, inserted) => ({ entry, inserted, bucket: tdbHash(entry[0]) % QDICT_BUCKETS }))
+    .sort((a, b) => a.bucket - b.bucket || b.inserted - a.inserted)
+    .map(({ entry }) => entry);
 }

@@ -24,11 +24,47 @@ export const QGA_COMMANDS = {
     returns: z.strictObject({}),
     successResponse: true,
   },
+  "guest-get-host-name": {
+    args: z.strictObject({}),
+    returns: z.strictObject({ "host-name": z.string() }),
+    successResponse: true,
+  },
+  "guest-get-time": {
+    args: z.strictObject({}),
+    returns: z.bigint().describe("Nanoseconds since the epoch"),
+    successResponse: true,
+  },
+  "guest-get-osinfo": {
+    args: z.strictObject({}),
+    returns: z.strictObject({
+      "kernel-release": z.string().optional(),
+      "kernel-version": z.string().optional(),
+      machine: z.string().optional(),
+      id: z.string().optional(),
+      name: z.string().optional(),
+      "pretty-name": z.string().optional(),
+      version: z.string().optional(),
+      "version-id": z.string().optional(),
+      variant: z.string().optional(),
+      "variant-id": z.string().optional(),
+    }),
+    successResponse: true,
+  },
+  "guest-get-users": {
+    args: z.strictObject({}),
+    returns: z.array(z.strictObject({ user: z.string(), "login-time": z.number(), domain: z.string().optional() })),
+    successResponse: true,
+  },
+  "guest-get-vcpus": {
+    args: z.strictObject({}),
+    returns: z.array(z.strictObject({ "logical-id": int, online: z.boolean(), "can-offline": z.boolean() })),
+    successResponse: true,
+  },
   "guest-info": {
     args: z.strictObject({}),
     returns: z.strictObject({
       version: z.string(),
-      supported_commands: z.array(z.strictObject({ enabled: z.boolean(), name: z.string(), "success-response": z.boolean() })),
+      supported_commands: z.array(z.strictObject({ name: z.string(), enabled: z.boolean(), "success-response": z.boolean() })),
     }),
     successResponse: true,
   },

@@ -55,15 +55,34 @@ export class UtmpUsers implements UsersService {
   }
 
   list(): Result<"get_users"> {
+    return { users: loggedInUsers(this.records(), this.isAlive) };
+  }
+
+  /**
+   * guest-get-users: one entry per user with the earliest login, as qemu-ga
+   * lists them — but, like who(1), only sessions whose process is alive.
+   */
+  qgaUsers(): { user: string; "login-time": number }[] {
+    const byUser = new Map<string, number>();
+    for (const r of this.records()) {
+      if (r.type !== UT.USER_PROCESS || r.user === "" || (r.pid > 0 && !this.isAlive(r.pid))) continue;
+      const loginTime = r.tv_sec + r.tv_usec / 1e6;
+      const earliest = byUser.get(r.user);
+      if (earliest === undefined || loginTime < earliest) byUser.set(r.user, loginTime);
+    }
+    return [...byUser].map(([user, loginTime]) => ({ user, "login-time": loginTime }));
+  }
+
+  private records(): UtmpRecord[] {
     let bytes: Uint8Array;
     try {
       bytes = readFileSync(this.path);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
-      if (code === "ENOENT" || code === "ENOTDIR") return { users: [] };
+      if (code === "ENOENT" || code === "ENOTDIR") return [];
       throw new RpcError("OPERATION_FAILED", `cannot read ${this.path}: ${(error as Error).message}`, { errno: code ?? null, path: this.path });
     }
-    return { users: loggedInUsers(parseUtmp(bytes), this.isAlive) };
+    return parseUtmp(bytes);
   }
 }
 

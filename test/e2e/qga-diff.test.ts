@@ -6,7 +6,7 @@
  * "JSON parse error, ", which comes from each side's own JSON parser).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AGENT_VERSION } from "../../src/version.ts";
@@ -21,13 +21,31 @@ const dir = mkdtempSync(join(tmpdir(), "kma-qga-diff-"));
 const oursSocket = join(dir, "ours.sock");
 const theirsSocket = join(dir, "theirs.sock");
 
+/** As qemu's tests/unit/test-qga.c does: both agents read this instead of /etc/os-release. */
+const OS_RELEASE_FIXTURE = `ID=qemu-ga-test
+NAME=QEMU-GA
+PRETTY_NAME="QEMU Guest Agent test"
+VERSION="Test 1"
+VERSION_ID=1
+VARIANT="Unit test \\"'$\`\\\\ and \\\\\\\\ etc."
+VARIANT_ID=unit-test
+`;
+
 beforeAll(async () => {
-  ours = await startAgentProcess({ extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(oursSocket)}\n` });
-  if (haveQemuGa) {
-    theirs = Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", theirsSocket, "-t", dir, "-f", join(dir, "qemu-ga.pid"), "-l", join(dir, "qemu-ga.log")], {
-      stdout: "ignore",
-      stderr: "ignore",
-    });
+  const osRelease = join(dir, "os-release");
+  writeFileSync(osRelease, OS_RELEASE_FIXTURE);
+  // Both spawns inherit it; restored at once so later test files do not.
+  process.env.QGA_OS_RELEASE = osRelease;
+  try {
+    ours = await startAgentProcess({ extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(oursSocket)}\n` });
+    if (haveQemuGa) {
+      theirs = Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", theirsSocket, "-t", dir, "-f", join(dir, "qemu-ga.pid"), "-l", join(dir, "qemu-ga.log")], {
+        stdout: "ignore",
+        stderr: "ignore",
+      });
+    }
+  } finally {
+    delete process.env.QGA_OS_RELEASE;
   }
   const deadline = Date.now() + 10_000;
   while (!(existsSync(oursSocket) && (!haveQemuGa || existsSync(theirsSocket)))) {
@@ -90,6 +108,11 @@ const CASES: [string, string | number[], number][] = [
   ["two requests in one write", '{"execute":"guest-ping"}{"execute":"guest-ping","id":2}', 2],
   ["out-of-band control is refused (invalid-oob)", '{"execute":"guest-ping","control":{"run-oob":true}}', 1],
   ["exec-oob is refused (invalid-oob)", '{"exec-oob":"guest-ping"}', 1],
+  ["guest-get-host-name", '{"execute":"guest-get-host-name"}', 1],
+  ["guest-get-osinfo (the os-release fixture, quoting included)", '{"execute":"guest-get-osinfo","id":"os"}', 1],
+  ["guest-get-users", '{"execute":"guest-get-users"}', 1],
+  ["guest-get-vcpus", '{"execute":"guest-get-vcpus"}', 1],
+  ["an inventory command with an argument", '{"execute":"guest-get-vcpus","arguments":{"all":true}}', 1],
 ];
 
 describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
@@ -111,7 +134,25 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     expect(Object.keys(ourInfo.supported_commands[0])).toEqual(Object.keys(theirInfo.supported_commands[0]));
     const theirNames = new Set(theirInfo.supported_commands.map((c: { name: string }) => c.name));
     for (const command of ourInfo.supported_commands) expect(theirNames.has(command.name)).toBe(true);
-    expect(ourInfo.supported_commands.map((c: { name: string }) => c.name)).toEqual(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
+    expect(ourInfo.supported_commands.map((c: { name: string }) => c.name)).toEqual([
+      "guest-sync-delimited",
+      "guest-sync",
+      "guest-ping",
+      "guest-get-host-name",
+      "guest-get-time",
+      "guest-get-osinfo",
+      "guest-get-users",
+      "guest-get-vcpus",
+      "guest-info",
+    ]);
+  });
+
+  test("guest-get-time: nanoseconds since the epoch, the same clock as qemu-ga's", async () => {
+    const [[mine], [reference]] = await Promise.all([exchange(oursSocket, '{"execute":"guest-get-time"}', 1), exchange(theirsSocket, '{"execute":"guest-get-time"}', 1)]);
+    const ns = (line: string) => BigInt(/"return": (\d+)/.exec(line)![1]!);
+    const skew = ns(mine!) - ns(reference!);
+    expect(skew < 0n ? -skew : skew).toBeLessThan(5_000_000_000n);
+    expect(ns(mine!) % 1000n).toBe(0n); // microsecond precision, as qemu-ga
   });
 });
 
