@@ -41,7 +41,14 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   // The QEMU guest agent protocol, on its own port, for libvirt and friends.
   let qgaTransport: Transport | null = null;
   if (config.qga.enabled) {
-    const qgaDispatcher = new QgaDispatcher({ audit, logger, users: services.users });
+    const qgaDispatcher = new QgaDispatcher({
+      audit,
+      logger,
+      users: services.users,
+      exec: services.exec,
+      execEnabled: config.security.enable_exec,
+      execRecordsMax: config.limits.exec_records_max,
+    });
     qgaTransport = createTransport(config.qga, logger, () => {});
     await qgaTransport.start((connection) => {
       logger.debug("QGA host connected", { transport: connection.transport });

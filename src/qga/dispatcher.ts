@@ -5,7 +5,9 @@
 import type { z } from "zod";
 import os from "node:os";
 import type { AuditLog } from "../log/audit.ts";
-import type { UsersService } from "../services.ts";
+import { RpcError } from "../protocol/errors.ts";
+import type { ExecService, UsersService } from "../services.ts";
+import { QgaExec, type GuestExecArgs } from "./exec.ts";
 import { guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
@@ -25,10 +27,23 @@ export interface QgaDispatcherDeps {
   audit: AuditLog;
   logger: Logger;
   users: UsersService;
+  exec: ExecService;
+  /** [security] enable_exec: off answers qemu-ga's "has been disabled", as its -b does. */
+  execEnabled: boolean;
+  /** [limits] exec_records_max. */
+  execRecordsMax: number;
 }
 
 export class QgaDispatcher {
-  constructor(private readonly deps: QgaDispatcherDeps) {}
+  private readonly exec: QgaExec;
+
+  constructor(private readonly deps: QgaDispatcherDeps) {
+    this.exec = new QgaExec(deps.exec, deps.execRecordsMax);
+  }
+
+  isEnabled(command: QgaCommandName): boolean {
+    return command === "guest-exec" || command === "guest-exec-status" ? this.deps.execEnabled : true;
+  }
 
   async handle(message: unknown, transport: string): Promise<QgaReply | null> {
     const started = performance.now();
@@ -47,18 +62,19 @@ export class QgaDispatcher {
       const args = request.arguments ?? {};
       if (typeof args !== "object" || args === null || Array.isArray(args)) throw genericError("QMP input member 'arguments' must be an object");
       if (!isQgaCommand(command)) throw new QgaError("CommandNotFound", `The command ${command} has not been found`);
-      const result = this.run(command, args);
+      if (!this.isEnabled(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
+      const result = await this.run(command, args);
       this.audit(command, id, transport, started);
       if (!QGA_COMMANDS[command].successResponse) return null;
       return { line: qmpStringify(id === undefined ? { return: result } : { return: result, id }), delimited: command === "guest-sync-delimited" };
     } catch (error) {
-      const qgaError = error instanceof QgaError ? error : this.internal(command, error);
+      const qgaError = error instanceof QgaError ? error : error instanceof RpcError ? genericError(error.message) : this.internal(command, error);
       this.audit(command, id, transport, started, qgaError);
       return { line: errorLine(qgaError, id), delimited: false };
     }
   }
 
-  private run(command: QgaCommandName, rawArgs: object): unknown {
+  private async run(command: QgaCommandName, rawArgs: object): Promise<unknown> {
     const args = parseArgs(QGA_COMMANDS[command].args, rawArgs);
     switch (command) {
       case "guest-sync-delimited":
@@ -76,10 +92,14 @@ export class QgaDispatcher {
         return this.deps.users.qgaUsers();
       case "guest-get-vcpus":
         return guestVcpus();
+      case "guest-exec":
+        return this.exec.start(args as GuestExecArgs);
+      case "guest-exec-status":
+        return this.exec.status((args as { pid: number }).pid);
       case "guest-info":
         return {
           version: AGENT_VERSION,
-          supported_commands: QGA_COMMAND_NAMES.map((name) => ({ name, enabled: true, "success-response": QGA_COMMANDS[name].successResponse })),
+          supported_commands: QGA_COMMAND_NAMES.map((name) => ({ name, enabled: this.isEnabled(name), "success-response": QGA_COMMANDS[name].successResponse })),
         };
     }
   }

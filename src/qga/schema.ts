@@ -60,6 +60,30 @@ export const QGA_COMMANDS = {
     returns: z.array(z.strictObject({ "logical-id": int, online: z.boolean(), "can-offline": z.boolean() })),
     successResponse: true,
   },
+  "guest-exec": {
+    args: z.strictObject({
+      path: z.string(),
+      arg: z.array(z.string()).optional(),
+      env: z.array(z.string()).optional(),
+      "input-data": z.string().optional(),
+      "capture-output": z.boolean().optional(),
+    }),
+    returns: z.strictObject({ pid: int }),
+    successResponse: true,
+  },
+  "guest-exec-status": {
+    args: z.strictObject({ pid: int }),
+    returns: z.strictObject({
+      exited: z.boolean(),
+      exitcode: int.optional(),
+      signal: int.optional(),
+      "out-data": z.string().optional(),
+      "err-data": z.string().optional(),
+      "out-truncated": z.boolean().optional(),
+      "err-truncated": z.boolean().optional(),
+    }),
+    successResponse: true,
+  },
   "guest-info": {
     args: z.strictObject({}),
     returns: z.strictObject({

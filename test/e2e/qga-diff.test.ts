@@ -6,7 +6,7 @@
  * "JSON parse error, ", which comes from each side's own JSON parser).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AGENT_VERSION } from "../../src/version.ts";
@@ -16,10 +16,26 @@ const QEMU_GA = "/usr/sbin/qemu-ga";
 const haveQemuGa = existsSync(QEMU_GA);
 
 let ours: AgentProcess;
+let oursNoExec: AgentProcess;
 let theirs: ReturnType<typeof Bun.spawn> | null = null;
+let theirsNoExec: ReturnType<typeof Bun.spawn> | null = null;
 const dir = mkdtempSync(join(tmpdir(), "kma-qga-diff-"));
 const oursSocket = join(dir, "ours.sock");
 const theirsSocket = join(dir, "theirs.sock");
+const oursNoExecSocket = join(dir, "ours-no-exec.sock");
+const theirsNoExecSocket = join(dir, "theirs-no-exec.sock");
+
+const qgaToml = (socket: string) => `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(socket)}\n`;
+/** What the exec cases run, allowed in our agent (qemu-ga runs anything). */
+const EXEC_TOML = `[security]\nenable_exec = true\nallowed_commands = ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"]\n`;
+
+function spawnQemuGa(socket: string, state: string, ...extra: string[]) {
+  mkdirSync(state, { recursive: true });
+  return Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", socket, "-t", state, "-f", join(state, "qemu-ga.pid"), "-l", join(state, "qemu-ga.log"), ...extra], {
+    stdout: "ignore",
+    stderr: "ignore",
+  });
+}
 
 /** As qemu's tests/unit/test-qga.c does: both agents read this instead of /etc/os-release. */
 const OS_RELEASE_FIXTURE = `ID=qemu-ga-test
@@ -37,18 +53,20 @@ beforeAll(async () => {
   // Both spawns inherit it; restored at once so later test files do not.
   process.env.QGA_OS_RELEASE = osRelease;
   try {
-    ours = await startAgentProcess({ extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(oursSocket)}\n` });
+    [ours, oursNoExec] = await Promise.all([
+      startAgentProcess({ extraToml: qgaToml(oursSocket) + EXEC_TOML }),
+      startAgentProcess({ extraToml: qgaToml(oursNoExecSocket) }),
+    ]);
     if (haveQemuGa) {
-      theirs = Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", theirsSocket, "-t", dir, "-f", join(dir, "qemu-ga.pid"), "-l", join(dir, "qemu-ga.log")], {
-        stdout: "ignore",
-        stderr: "ignore",
-      });
+      theirs = spawnQemuGa(theirsSocket, join(dir, "qga-state"));
+      theirsNoExec = spawnQemuGa(theirsNoExecSocket, join(dir, "qga-state-no-exec"), "-b", "guest-exec,guest-exec-status");
     }
   } finally {
     delete process.env.QGA_OS_RELEASE;
   }
   const deadline = Date.now() + 10_000;
-  while (!(existsSync(oursSocket) && (!haveQemuGa || existsSync(theirsSocket)))) {
+  const sockets = haveQemuGa ? [oursSocket, oursNoExecSocket, theirsSocket, theirsNoExecSocket] : [oursSocket, oursNoExecSocket];
+  while (!sockets.every((socket) => existsSync(socket))) {
     if (Date.now() > deadline) throw new Error("QGA sockets did not appear");
     await Bun.sleep(20);
   }
@@ -56,7 +74,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await ours?.stop();
+  await oursNoExec?.stop();
   if (theirs) await terminate(theirs as never);
+  if (theirsNoExec) await terminate(theirsNoExec as never);
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -143,7 +163,73 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-osinfo",
       "guest-get-users",
       "guest-get-vcpus",
+      "guest-exec",
+      "guest-exec-status",
       "guest-info",
+    ]);
+  });
+
+  /** guest-exec on both sides, then guest-exec-status until exited; the pid is the only thing that differs. */
+  async function execBoth(args: object, beforeStatus?: (pids: number[]) => void): Promise<string[][]> {
+    const request = JSON.stringify({ execute: "guest-exec", arguments: args });
+    const started = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+    const pids = started.map(([line]) => JSON.parse(line!).return.pid as number);
+    for (const [line] of started) expect(line).toMatch(/^\{"return": \{"pid": \d+\}\}$/);
+    beforeStatus?.(pids);
+    return Promise.all(
+      [oursSocket, theirsSocket].map(async (socket, i) => {
+        const status = JSON.stringify({ execute: "guest-exec-status", arguments: { pid: pids[i] } });
+        for (let attempt = 0; attempt < 200; attempt++) {
+          const [line] = await exchange(socket, status, 1);
+          if (!line!.includes('"exited": false')) return [line!, (await exchange(socket, status, 1))[0]!];
+          await Bun.sleep(20);
+        }
+        throw new Error("never exited");
+      }),
+    );
+  }
+
+  test("guest-exec + guest-exec-status: exit code, captured output, record dropped after the exited answer", async () => {
+    const [mine, reference] = await execBoth({ path: "/bin/sh", arg: ["-c", "echo out; echo err >&2; exit 3"], "capture-output": true });
+    expect(mine).toEqual(reference!);
+    expect(reference![1]).toBe(`{"error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}}`);
+  });
+
+  test("guest-exec: input-data and env", async () => {
+    const [mine, reference] = await execBoth({ path: "/bin/sh", arg: ["-c", 'cat; echo "A=$A"'], env: ["A=1"], "input-data": "aGVsbG8K", "capture-output": true });
+    expect(mine).toEqual(reference!);
+  });
+
+  test("guest-exec without capture-output returns no data", async () => {
+    const [mine, reference] = await execBoth({ path: "/bin/sh", arg: ["-c", "echo hidden"] });
+    expect(mine).toEqual(reference!);
+  });
+
+  test("a process ended by a signal reports its number", async () => {
+    const [mine, reference] = await execBoth({ path: "/bin/sleep", arg: ["30"] }, (pids) => {
+      for (const pid of pids) process.kill(pid, "SIGTERM");
+    });
+    expect(mine![0]).toBe('{"return": {"signal": 15, "exited": true}}');
+    expect(mine).toEqual(reference!);
+  });
+
+  test("guest-exec-status of an unknown pid, and a wrongly typed argument", async () => {
+    for (const request of ['{"execute":"guest-exec-status","arguments":{"pid":1}}', '{"execute":"guest-exec","arguments":{"path":"/bin/true","arg":5}}']) {
+      const [mine, reference] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+      expect(mine).toEqual(reference);
+    }
+  });
+
+  test("exec switched off answers as qemu-ga -b does, and guest-info says so", async () => {
+    const request = '{"execute":"guest-exec","arguments":{"path":"/bin/true"}}';
+    const [mine, reference] = await Promise.all([exchange(oursNoExecSocket, request, 1), exchange(theirsNoExecSocket, request, 1)]);
+    expect(mine).toEqual(reference);
+    expect(reference![0]).toBe('{"error": {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled"}}');
+    const [[info]] = await Promise.all([exchange(oursNoExecSocket, '{"execute":"guest-info"}', 1)]);
+    const flags = JSON.parse(info!).return.supported_commands.filter((c: { name: string }) => c.name.startsWith("guest-exec"));
+    expect(flags).toEqual([
+      { name: "guest-exec", enabled: false, "success-response": true },
+      { name: "guest-exec-status", enabled: false, "success-response": true },
     ]);
   });
 
