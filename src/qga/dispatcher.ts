@@ -8,7 +8,7 @@ import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
-import { guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
+import { guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -92,6 +92,8 @@ export class QgaDispatcher {
         return this.deps.users.qgaUsers();
       case "guest-get-vcpus":
         return guestVcpus();
+      case "guest-network-get-interfaces":
+        return guestNetworkInterfaces();
       case "guest-exec":
         return this.exec.start(args as GuestExecArgs);
       case "guest-exec-status":

@@ -64,3 +64,61 @@ export function guestVcpus(cpuRoot = "/sys/devices/system/cpu"): GuestVcpu[] {
     return { "logical-id": id, online: readFileSync(online, "utf8").trim() === "1", "can-offline": true };
   });
 }
+
+/**
+ * guest-network-get-interfaces as qemu-ga builds it from getifaddrs: every
+ * interface in ifindex order with its hardware address (zeros when it has
+ * none), its IPv4 then IPv6 addresses, and /proc/net/dev statistics — the
+ * latter only for interfaces that have an address, as qemu-ga fetches them.
+ */
+export function guestNetworkInterfaces(sysNet = "/sys/class/net", procNetDev = "/proc/net/dev"): Record<string, unknown>[] {
+  const addresses = os.networkInterfaces();
+  const stats = parseNetDev(readFileSync(procNetDev, "utf8"));
+  const names = readdirSync(sysNet)
+    .map((name) => ({ name, index: Number(readOptional(join(sysNet, name, "ifindex")) ?? Number.MAX_SAFE_INTEGER) }))
+    .sort((a, b) => a.index - b.index)
+    .map(({ name }) => name);
+  return names.map((name) => {
+    const entry: Record<string, unknown> = { name, "hardware-address": readOptional(join(sysNet, name, "address")) || "00:00:00:00:00:00" };
+    const ips = (addresses[name] ?? []).map((a) => ({
+      "ip-address": a.address,
+      "ip-address-type": a.family === "IPv4" ? "ipv4" : "ipv6",
+      prefix: Number(a.cidr?.split("/")[1] ?? 0),
+    }));
+    if (ips.length > 0) {
+      entry["ip-addresses"] = ips;
+      const counters = stats.get(name);
+      if (counters) entry.statistics = counters;
+    }
+    return entry;
+  });
+}
+
+function readOptional(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** /proc/net/dev: "name: rx bytes packets errs drop fifo frame compressed multicast tx bytes packets errs drop ...". */
+function parseNetDev(text: string): Map<string, Record<string, number>> {
+  const out = new Map<string, Record<string, number>>();
+  for (const line of text.split("\n").slice(2)) {
+    const colon = line.indexOf(":");
+    if (colon < 0) continue;
+    const f = line.slice(colon + 1).trim().split(/\s+/).map(Number);
+    out.set(line.slice(0, colon).trim(), {
+      "rx-bytes": f[0]!,
+      "rx-packets": f[1]!,
+      "rx-errs": f[2]!,
+      "rx-dropped": f[3]!,
+      "tx-bytes": f[8]!,
+      "tx-packets": f[9]!,
+      "tx-errs": f[10]!,
+      "tx-dropped": f[11]!,
+    });
+  }
+  return out;
+}

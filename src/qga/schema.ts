@@ -60,6 +60,29 @@ export const QGA_COMMANDS = {
     returns: z.array(z.strictObject({ "logical-id": int, online: z.boolean(), "can-offline": z.boolean() })),
     successResponse: true,
   },
+  "guest-network-get-interfaces": {
+    args: z.strictObject({}),
+    returns: z.array(
+      z.strictObject({
+        name: z.string(),
+        "hardware-address": z.string().optional(),
+        "ip-addresses": z.array(z.strictObject({ "ip-address": z.string(), "ip-address-type": z.enum(["ipv4", "ipv6"]), prefix: int })).optional(),
+        statistics: z
+          .strictObject({
+            "rx-bytes": int,
+            "rx-packets": int,
+            "rx-errs": int,
+            "rx-dropped": int,
+            "tx-bytes": int,
+            "tx-packets": int,
+            "tx-errs": int,
+            "tx-dropped": int,
+          })
+          .optional(),
+      }),
+    ),
+    successResponse: true,
+  },
   "guest-exec": {
     args: z.strictObject({
       path: z.string(),

@@ -163,6 +163,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-osinfo",
       "guest-get-users",
       "guest-get-vcpus",
+      "guest-network-get-interfaces",
       "guest-exec",
       "guest-exec-status",
       "guest-info",
@@ -231,6 +232,15 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       { name: "guest-exec", enabled: false, "success-response": true },
       { name: "guest-exec-status", enabled: false, "success-response": true },
     ]);
+  });
+
+  test("guest-network-get-interfaces: the same interfaces, addresses and hardware addresses, in the same order", async () => {
+    const request = '{"execute":"guest-network-get-interfaces"}';
+    const [[mine], [reference]] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+    // Traffic counters move between the two calls; their presence and names must not.
+    const counters = (line: string) => line.replace(/("[rt]x-(bytes|packets|errs|dropped)": )\d+/g, "$1N");
+    expect(counters(mine!)).toBe(counters(reference!));
+    expect(mine).toContain('"name": "lo"');
   });
 
   test("guest-get-time: nanoseconds since the epoch, the same clock as qemu-ga's", async () => {
