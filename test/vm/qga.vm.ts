@@ -70,6 +70,19 @@ test("libvirt's handshake, guest-ping and guest-info over a real org.qemu.guest_
   agent.close();
 }, 60_000);
 
+test("inventory from the guest itself: osinfo, vcpus, network interfaces", async () => {
+  const agent = await libvirtSync(7);
+  const osinfo = (await agent.send({ execute: "guest-get-osinfo" })) as { return: Record<string, string> };
+  expect(osinfo.return.machine).toBe("x86_64");
+  expect(osinfo.return["kernel-release"]).toMatch(/cloud-amd64$/);
+  expect(await agent.send({ execute: "guest-get-vcpus" })).toEqual({ return: [{ "logical-id": 0, online: true, "can-offline": false }] });
+  const interfaces = (await agent.send({ execute: "guest-network-get-interfaces" })) as { return: { name: string; "hardware-address": string }[] };
+  expect(interfaces.return.map((i) => i.name)).toEqual(["lo", "eth0"]);
+  expect(interfaces.return[1]!["hardware-address"]).toBe("52:54:00:12:34:56"); // QEMU's default NIC address
+  expect(await agent.send({ execute: "guest-get-host-name" })).toEqual({ return: { "host-name": "guest" } });
+  agent.close();
+}, 60_000);
+
 test("a host that drops its connection mid-request and comes back resyncs with 0xFF + guest-sync-delimited", async () => {
   for (let i = 0; i < 10; i++) {
     const cut = await Bun.connect({ unix: vm.qgaSocket, socket: { data() {} } });
