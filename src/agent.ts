@@ -7,6 +7,8 @@ import { Dispatcher } from "./protocol/dispatcher.ts";
 import { RpcSession } from "./protocol/session.ts";
 import { QgaDispatcher } from "./qga/dispatcher.ts";
 import { QgaSession } from "./qga/session.ts";
+import { QgaFiles } from "./qga/files.ts";
+import { PathPolicy } from "./files/paths.ts";
 import { StdioTransport } from "./transport/stdio.ts";
 import type { Transport } from "./transport/transport.ts";
 import { UnixListenTransport } from "./transport/unix-listen.ts";
@@ -31,6 +33,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       await qgaTransport?.close();
       services.exec.killAll();
       services.files.close();
+      qgaFiles?.closeAll();
       await audit.close();
     })());
   const transport = createTransport(config.transport, logger, () => void stop("stdin closed").then(() => process.exit(0)));
@@ -40,7 +43,9 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   });
   // The QEMU guest agent protocol, on its own port, for libvirt and friends.
   let qgaTransport: Transport | null = null;
+  let qgaFiles: QgaFiles | null = null;
   if (config.qga.enabled) {
+    qgaFiles = new QgaFiles(new PathPolicy(config.security.allowed_file_paths, logger), config.qga.state_dir, config.limits.qga_max_open_files);
     const qgaDispatcher = new QgaDispatcher({
       audit,
       logger,
@@ -48,6 +53,8 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       exec: services.exec,
       execEnabled: config.security.enable_exec,
       execRecordsMax: config.limits.exec_records_max,
+      files: qgaFiles,
+      filesEnabled: config.security.enable_file_copy,
     });
     qgaTransport = createTransport(config.qga, logger, () => {});
     await qgaTransport.start((connection) => {

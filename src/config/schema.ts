@@ -18,6 +18,10 @@ export const DEFAULT_QGA_PORT = process.platform === "win32"
 
 export const DEFAULT_QGA_VSOCK_PORT = 9101;
 
+const DEFAULT_STATE_DIR = process.platform === "win32"
+  ? `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\state`
+  : "/var/lib/kvm-manager-agent";
+
 export const DEFAULT_CONFIG_PATH = process.platform === "win32"
   ? `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\config.toml`
   : "/etc/kvm-manager-agent/config.toml";
@@ -44,6 +48,7 @@ export const configSchema = z.strictObject({
       type: z.enum(["virtio-serial", "unix-listen", "vsock-listen"]).default("virtio-serial"),
       path: z.string().min(1).default(DEFAULT_QGA_PORT),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_QGA_VSOCK_PORT),
+      state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe("Where QGA state that must survive a restart is kept (the file handle counter)"),
     })
     .prefault({}),
   security: z
@@ -68,6 +73,7 @@ export const configSchema = z.strictObject({
       upload_max_bytes: z.number().int().min(1).default(4 * 1024 * 1024 * 1024),
       upload_max_open: z.number().int().min(1).max(1024).default(16),
       upload_idle_timeout_seconds: z.number().int().min(1).default(300),
+      qga_max_open_files: z.number().int().min(1).max(65_536).default(128),
     })
     .prefault({}),
   logging: z

@@ -8,6 +8,7 @@ import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
+import type { QgaFiles } from "./files.ts";
 import { guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
@@ -32,6 +33,9 @@ export interface QgaDispatcherDeps {
   execEnabled: boolean;
   /** [limits] exec_records_max. */
   execRecordsMax: number;
+  files: QgaFiles;
+  /** [security] enable_file_copy: the guest-file-* commands are switched with it. */
+  filesEnabled: boolean;
 }
 
 export class QgaDispatcher {
@@ -42,7 +46,9 @@ export class QgaDispatcher {
   }
 
   isEnabled(command: QgaCommandName): boolean {
-    return command === "guest-exec" || command === "guest-exec-status" ? this.deps.execEnabled : true;
+    if (command === "guest-exec" || command === "guest-exec-status") return this.deps.execEnabled;
+    if (command.startsWith("guest-file-")) return this.deps.filesEnabled;
+    return true;
   }
 
   async handle(message: unknown, transport: string): Promise<QgaReply | null> {
@@ -94,6 +100,26 @@ export class QgaDispatcher {
         return guestVcpus();
       case "guest-network-get-interfaces":
         return guestNetworkInterfaces();
+      case "guest-file-open": {
+        const { path, mode } = args as { path: string; mode?: string };
+        return this.deps.files.open(path, mode);
+      }
+      case "guest-file-close":
+        return this.deps.files.close((args as { handle: number }).handle);
+      case "guest-file-read": {
+        const { handle, count } = args as { handle: number; count?: number };
+        return this.deps.files.read(handle, count);
+      }
+      case "guest-file-write": {
+        const { handle, "buf-b64": data, count } = args as { handle: number; "buf-b64": string; count?: number };
+        return this.deps.files.write(handle, data, count);
+      }
+      case "guest-file-seek": {
+        const { handle, offset, whence } = args as { handle: number; offset: number; whence: number | "set" | "cur" | "end" };
+        return this.deps.files.seek(handle, offset, whence);
+      }
+      case "guest-file-flush":
+        return this.deps.files.flush((args as { handle: number }).handle);
       case "guest-exec":
         return this.exec.start(args as GuestExecArgs);
       case "guest-exec-status":
@@ -137,6 +163,10 @@ function parseArgs(schema: z.ZodType, args: object): unknown {
   const name = (path: PropertyKey[]) =>
     path.reduce<string>((out, part) => (typeof part === "number" ? `${out}[${part}]` : out ? `${out}.${String(part)}` : String(part)), "");
   if (issue.code === "unrecognized_keys") throw genericError(`Parameter '${name([...issue.path, issue.keys[0]!])}' is unexpected`);
+  if (issue.code === "invalid_union" || issue.code === "invalid_value") {
+    const given = issue.path.reduce<unknown>((value, key) => (value as Record<PropertyKey, unknown> | undefined)?.[key], args);
+    if (typeof given === "string") throw genericError(`Parameter '${name(issue.path)}' does not accept value '${given}'`);
+  }
   if (issue.code === "invalid_type") {
     if (/received undefined$/.test(issue.message)) throw genericError(`Parameter '${name(issue.path)}' is missing`);
     throw genericError(`Invalid parameter type for '${name(issue.path)}', expected: ${qapiTypeName(issue.expected)}`);

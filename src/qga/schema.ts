@@ -107,6 +107,36 @@ export const QGA_COMMANDS = {
     }),
     successResponse: true,
   },
+  "guest-file-open": {
+    args: z.strictObject({ path: z.string(), mode: z.string().optional() }),
+    returns: int,
+    successResponse: true,
+  },
+  "guest-file-close": {
+    args: z.strictObject({ handle: int }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
+  "guest-file-read": {
+    args: z.strictObject({ handle: int, count: int.optional() }),
+    returns: z.strictObject({ count: int, "buf-b64": z.string(), eof: z.boolean() }),
+    successResponse: true,
+  },
+  "guest-file-write": {
+    args: z.strictObject({ handle: int, "buf-b64": z.base64(), count: int.optional() }),
+    returns: z.strictObject({ count: int, eof: z.boolean() }),
+    successResponse: true,
+  },
+  "guest-file-seek": {
+    args: z.strictObject({ handle: int, offset: int, whence: z.union([int, z.enum(["set", "cur", "end"])]) }),
+    returns: z.strictObject({ position: int, eof: z.boolean() }),
+    successResponse: true,
+  },
+  "guest-file-flush": {
+    args: z.strictObject({ handle: int }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
   "guest-info": {
     args: z.strictObject({}),
     returns: z.strictObject({

@@ -25,9 +25,10 @@ const theirsSocket = join(dir, "theirs.sock");
 const oursNoExecSocket = join(dir, "ours-no-exec.sock");
 const theirsNoExecSocket = join(dir, "theirs-no-exec.sock");
 
-const qgaToml = (socket: string) => `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(socket)}\n`;
-/** What the exec cases run, allowed in our agent (qemu-ga runs anything). */
-const EXEC_TOML = `[security]\nenable_exec = true\nallowed_commands = ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"]\n`;
+const qgaToml = (socket: string) =>
+  `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(socket)}\nstate_dir = ${JSON.stringify(join(dir, `state-${socket.split("/").pop()}`))}\n`;
+/** What the exec and file cases may touch in our agent (qemu-ga may touch anything). */
+const EXEC_TOML = `[security]\nenable_exec = true\nallowed_commands = ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"]\nallowed_file_paths = [${JSON.stringify(dir)}]\n`;
 
 function spawnQemuGa(socket: string, state: string, ...extra: string[]) {
   mkdirSync(state, { recursive: true });
@@ -166,6 +167,12 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-network-get-interfaces",
       "guest-exec",
       "guest-exec-status",
+      "guest-file-open",
+      "guest-file-close",
+      "guest-file-read",
+      "guest-file-write",
+      "guest-file-seek",
+      "guest-file-flush",
       "guest-info",
     ]);
   });
@@ -212,6 +219,47 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     });
     expect(mine![0]).toBe('{"return": {"signal": 15, "exited": true}}');
     expect(mine).toEqual(reference!);
+  });
+
+  test("guest-file-*: handles, reads, eof, seeks, appends and every error, as qemu-ga answers them", async () => {
+    /** The same calls on one agent, against its own copy of the file; paths are masked in the replies. */
+    async function script(socket: string, file: string): Promise<string[]> {
+      writeFileSync(file, "hello world");
+      const replies: string[] = [];
+      const call = async (execute: string, args: object) => {
+        const [line] = await exchange(socket, JSON.stringify({ execute, arguments: args }), 1);
+        replies.push(line!.replaceAll(file, "<FILE>").replaceAll(dir, "<DIR>"));
+        return JSON.parse(line!);
+      };
+      const { return: handle } = await call("guest-file-open", { path: file });
+      for (const count of [5, 6, 6]) await call("guest-file-read", { handle, count });
+      await call("guest-file-seek", { handle, offset: 2, whence: "set" });
+      await call("guest-file-seek", { handle, offset: -1, whence: 2 });
+      await call("guest-file-read", { handle });
+      await call("guest-file-write", { handle, "buf-b64": "eA==" }); // read-only: EBADF
+      await call("guest-file-flush", { handle });
+      await call("guest-file-close", { handle });
+      await call("guest-file-close", { handle });
+      const { return: appending } = await call("guest-file-open", { path: file, mode: "a+" });
+      await call("guest-file-write", { handle: appending, "buf-b64": "ISE=", count: 1 });
+      await call("guest-file-seek", { handle: appending, offset: 0, whence: "set" });
+      await call("guest-file-read", { handle: appending, count: 100 });
+      await call("guest-file-close", { handle: appending });
+      await call("guest-file-open", { path: `${dir}/nowhere/x` });
+      await call("guest-file-open", { path: file, mode: "z" });
+      await call("guest-file-read", { handle: 99999 });
+      await call("guest-file-seek", { handle: 99999, offset: 0, whence: "bogus" });
+      return replies;
+    }
+    const mine = await script(oursSocket, join(dir, "ours.txt"));
+    const reference = await script(theirsSocket, join(dir, "theirs.txt"));
+    expect(mine).toEqual(reference);
+    expect(await Bun.file(join(dir, "ours.txt")).text()).toBe("hello world!");
+  });
+
+  test("guest-file-open refuses what the file policy forbids, and no handle is spent on it", async () => {
+    const [refused] = await exchange(oursSocket, JSON.stringify({ execute: "guest-file-open", arguments: { path: "/etc/passwd" } }), 1);
+    expect(refused).toContain("failed to open file '/etc/passwd' (mode: 'r'): Path '/etc/passwd' refused: it is outside allowed_file_paths");
   });
 
   test("guest-exec-status of an unknown pid, and a wrongly typed argument", async () => {

@@ -1,0 +1,195 @@
+/**
+ * guest-file-open/read/write/seek/flush/close: qemu-ga's handle API, under
+ * the agent's file policy — paths confined to allowed_file_paths (symlinks
+ * resolved, no symlink followed at the last component), regular files only
+ * (a FIFO or device is refused, never waited on). Handles count up from 1000
+ * and the counter is kept in the state dir, so a handle is never reused, not
+ * even across restarts — as qemu-ga does (its qga.state, same format).
+ */
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { errnoOf } from "../files/fsx.ts";
+import type { PathPolicy } from "../files/paths.ts";
+import { RpcError } from "../protocol/errors.ts";
+import { genericError } from "./errors.ts";
+
+const FIRST_HANDLE = 1000;
+/** qemu-ga's default and ceiling for guest-file-read. */
+export const DEFAULT_READ_COUNT = 4096;
+export const MAX_READ_COUNT = 48 * 1024 * 1024;
+
+interface OpenFile {
+  fd: number;
+  position: number;
+  append: boolean;
+  /** As a stdio stream's EOF flag: set by a short read, cleared by a seek. */
+  eof: boolean;
+}
+
+const MODES: Record<string, { flags: number; create: boolean; append: boolean }> = (() => {
+  const { O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND } = constants;
+  const table: Record<string, { flags: number; create: boolean; append: boolean }> = {};
+  const define = (names: string[], flags: number, create: boolean, append: boolean) => {
+    for (const name of names) table[name] = { flags, create, append };
+  };
+  define(["r", "rb"], O_RDONLY, false, false);
+  define(["r+", "rb+", "r+b"], O_RDWR, false, false);
+  define(["w", "wb"], O_WRONLY | O_CREAT | O_TRUNC, true, false);
+  define(["w+", "wb+", "w+b"], O_RDWR | O_CREAT | O_TRUNC, true, false);
+  define(["a", "ab"], O_WRONLY | O_CREAT | O_APPEND, true, true);
+  define(["a+", "ab+", "a+b"], O_RDWR | O_CREAT | O_APPEND, true, true);
+  return table;
+})();
+
+/** strerror(3) wording, as qemu-ga's messages carry it. */
+const STRERROR: Record<string, string> = {
+  ENOENT: "No such file or directory",
+  EACCES: "Permission denied",
+  EISDIR: "Is a directory",
+  ENOTDIR: "Not a directory",
+  EEXIST: "File exists",
+  ELOOP: "Too many levels of symbolic links",
+  EBADF: "Bad file descriptor",
+  ENOSPC: "No space left on device",
+  EROFS: "Read-only file system",
+  EINVAL: "Invalid argument",
+};
+
+function strerror(error: unknown): string {
+  const code = errnoOf(error);
+  return (code && STRERROR[code]) ?? (error as Error).message;
+}
+
+/** A policy refusal keeps its own words; an OS error (a missing parent, ...) reads as strerror, as qemu-ga's does. */
+function reasonOf(error: unknown): string {
+  if (!(error instanceof RpcError)) return strerror(error);
+  const errno = (error.data as { errno?: string } | undefined)?.errno;
+  return (errno && STRERROR[errno]) || error.message;
+}
+
+export class QgaFiles {
+  private readonly files = new Map<number, OpenFile>();
+  private readonly stateFile: string;
+  private nextHandle: number;
+
+  constructor(
+    private readonly policy: PathPolicy,
+    private readonly stateDir: string,
+    private readonly maxOpen: number,
+  ) {
+    this.stateFile = join(stateDir, "qga.state");
+    let counter = FIRST_HANDLE;
+    try {
+      counter = Math.max(FIRST_HANDLE, Number(/^fd_counter=(\d+)$/m.exec(readFileSync(this.stateFile, "utf8"))?.[1] ?? FIRST_HANDLE));
+    } catch {
+      // No state yet: start at 1000.
+    }
+    this.nextHandle = counter;
+  }
+
+  async open(path: string, mode = "r"): Promise<number> {
+    const spec = MODES[mode];
+    if (!spec) throw genericError(`invalid file open mode '${mode}'`);
+    if (this.files.size >= this.maxOpen) throw genericError(`too many open files: [limits] qga_max_open_files is ${this.maxOpen}`);
+    const failed = (reason: string) => genericError(`failed to open file '${path}' (mode: '${mode}'): ${reason}`);
+    let target: string;
+    try {
+      target = spec.create ? (await this.policy.resolveParent(path)).path : (await this.policy.resolveExisting(path)).path;
+    } catch (error) {
+      throw failed(reasonOf(error));
+    }
+    let fd: number;
+    try {
+      // O_NOFOLLOW: never a symlink at the last component; O_NONBLOCK: a FIFO swapped in cannot hang open().
+      fd = openSync(target, spec.flags | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+    } catch (error) {
+      throw failed(strerror(error));
+    }
+    try {
+      if (!fstatSync(fd).isFile()) throw failed("not a regular file");
+      await this.policy.checkFd(fd, path);
+    } catch (error) {
+      closeSync(fd);
+      throw error instanceof RpcError ? failed(reasonOf(error)) : error;
+    }
+    const handle = this.nextHandle++;
+    this.persistCounter();
+    this.files.set(handle, { fd, position: 0, append: spec.append, eof: false });
+    return handle;
+  }
+
+  read(handle: number, count = DEFAULT_READ_COUNT): { count: number; "buf-b64": string; eof: boolean } {
+    const file = this.get(handle);
+    if (count < 0 || count > MAX_READ_COUNT) throw genericError(`value '${count}' is invalid for argument count`);
+    const buffer = Buffer.allocUnsafe(count);
+    let read: number;
+    try {
+      read = readSync(file.fd, buffer, 0, count, file.position);
+    } catch (error) {
+      throw genericError(`failed to read file: ${strerror(error)}`);
+    }
+    file.position += read;
+    file.eof = read < count;
+    return { count: read, "buf-b64": buffer.subarray(0, read).toString("base64"), eof: file.eof };
+  }
+
+  write(handle: number, base64: string, count?: number): { count: number; eof: boolean } {
+    const file = this.get(handle);
+    const bytes = Buffer.from(base64, "base64");
+    const length = count ?? bytes.length;
+    if (length < 0 || length > bytes.length) throw genericError(`value '${length}' is invalid for argument count`);
+    let written: number;
+    try {
+      // O_APPEND makes the kernel write at the end whatever position is given.
+      written = writeSync(file.fd, bytes, 0, length, file.append ? null : file.position);
+    } catch (error) {
+      throw genericError(`failed to write to file: ${strerror(error)}`);
+    }
+    file.position = file.append ? fstatSync(file.fd).size : file.position + written;
+    return { count: written, eof: file.eof };
+  }
+
+  seek(handle: number, offset: number, whence: number | "set" | "cur" | "end"): { position: number; eof: boolean } {
+    const file = this.get(handle);
+    const base = whence === "set" || whence === 0 ? 0 : whence === "cur" || whence === 1 ? file.position : whence === "end" || whence === 2 ? fstatSync(file.fd).size : NaN;
+    if (Number.isNaN(base)) throw genericError(`invalid whence code ${whence}`);
+    const position = base + offset;
+    if (position < 0) throw genericError("failed to seek file: Invalid argument");
+    file.position = position;
+    file.eof = false;
+    return { position, eof: false };
+  }
+
+  /** Writes go straight to the kernel (no userspace buffer to flush), as fflush would leave them. */
+  flush(handle: number): Record<string, never> {
+    this.get(handle);
+    return {};
+  }
+
+  close(handle: number): Record<string, never> {
+    const file = this.get(handle);
+    this.files.delete(handle);
+    closeSync(file.fd);
+    return {};
+  }
+
+  /** The agent is stopping. */
+  closeAll(): void {
+    for (const file of this.files.values()) closeSync(file.fd);
+    this.files.clear();
+  }
+
+  private get(handle: number): OpenFile {
+    const file = this.files.get(handle);
+    if (!file) throw genericError(`handle '${handle}' has not been found`);
+    return file;
+  }
+
+  /** Written before the handle is handed out, atomically (temp + rename), in qemu-ga's format. */
+  private persistCounter(): void {
+    mkdirSync(this.stateDir, { recursive: true, mode: 0o700 });
+    const temp = `${this.stateFile}.tmp`;
+    writeFileSync(temp, `[global]\nfd_counter=${this.nextHandle}\n`, { mode: 0o600 });
+    renameSync(temp, this.stateFile);
+  }
+}
