@@ -55,6 +55,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       execRecordsMax: config.limits.exec_records_max,
       files: qgaFiles,
       filesEnabled: config.security.enable_file_copy,
+      power: services.power,
     });
     qgaTransport = createTransport(config.qga, logger, () => {});
     await qgaTransport.start((connection) => {

@@ -46,7 +46,7 @@ export interface UsersService {
 }
 
 export interface PowerService {
-  request(action: "poweroff" | "reboot", params: Params<"shutdown">): Answer<Result<"shutdown">>;
+  request(action: "poweroff" | "reboot" | "halt", params: Params<"shutdown">): Answer<Result<"shutdown">>;
 }
 
 export interface Services {

@@ -97,6 +97,12 @@ describe("the command chosen first", () => {
     ["systemctl only", SYSTEMCTL_ONLY, "poweroff", true, undefined, ["/bin/systemctl", "--force", "--force", "poweroff"]],
     ["systemctl only", SYSTEMCTL_ONLY, "reboot", true, undefined, ["/bin/systemctl", "--force", "--force", "reboot"]],
     ["/usr/local first", { ...SYSTEMD, systemctl: "/usr/local/sbin" }, "reboot", false, undefined, ["/usr/local/sbin/systemctl", "reboot"]],
+    // halt: QGA's guest-shutdown mode=halt
+    ["systemd", SYSTEMD, "halt", false, undefined, ["/usr/bin/systemctl", "halt"]],
+    ["systemd", SYSTEMD, "halt", true, undefined, ["/usr/bin/systemctl", "--force", "--force", "halt"]],
+    ["sysvinit", SYSVINIT, "halt", false, "bye", ["/sbin/shutdown", "-H", "--", "now", "bye"]],
+    ["busybox", { ...BUSYBOX, halt: "/bin" }, "halt", false, undefined, ["/bin/halt"]],
+    ["busybox", { ...BUSYBOX, halt: "/bin" }, "halt", true, undefined, ["/bin/halt", "-f"]],
   ];
   for (const [system, tools, action, force, message, expected] of cases) {
     test(`${system}: ${action}${force ? " force" : ""}${message ? " with message" : ""} → ${expected.join(" ")}`, async () => {

@@ -4,11 +4,12 @@
  * Commands, in order; each is resolved to an absolute path in SAFE_PATH at
  * request time, tools that do not exist are dropped, and the first remaining
  * one is what the reply's `command` reports:
- *   graceful: systemctl [--message=M] poweroff|reboot
- *             shutdown -h|-r now | shutdown -h|-r -- now M
- *             poweroff | reboot
- *   force:    poweroff -f | reboot -f
- *             systemctl --force --force poweroff|reboot   (the same thing where poweroff is missing)
+ *   graceful: systemctl [--message=M] poweroff|reboot|halt
+ *             shutdown -h|-r|-H now | shutdown -h|-r|-H -- now M
+ *             poweroff | reboot | halt
+ *   force:    poweroff -f | reboot -f | halt -f
+ *             systemctl --force --force poweroff|reboot|halt   (the same thing where the plain tool is missing)
+ * (halt is reached through QGA's guest-shutdown mode=halt; the native methods are shutdown and reboot.)
  * At run time a command that cannot be spawned, exits non-zero or hangs for
  * COMMAND_TIMEOUT_MS is followed by the next one. Every attempt is logged and
  * audited as event "power" (action, tool, exit_code ...).
@@ -33,7 +34,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { PowerService } from "../services.ts";
 
-export type PowerAction = "poweroff" | "reboot";
+export type PowerAction = "poweroff" | "reboot" | "halt";
 export const SAFE_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /** Minimum time between the reply and the first command. */
 export const GRACE_MS = 250;
@@ -153,7 +154,7 @@ export class PowerController implements PowerService {
 /** Commands by tool name, in order of preference. */
 export function candidateCommands(action: PowerAction, force: boolean, message?: string): string[][] {
   if (force) return [[action, "-f"], ["systemctl", "--force", "--force", action]];
-  const flag = action === "poweroff" ? "-h" : "-r";
+  const flag = { poweroff: "-h", reboot: "-r", halt: "-H" }[action];
   return [
     message === undefined ? ["systemctl", action] : ["systemctl", `--message=${message}`, action],
     message === undefined ? ["shutdown", flag, "now"] : ["shutdown", flag, "--", "now", message],

@@ -6,7 +6,7 @@ import type { z } from "zod";
 import os from "node:os";
 import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
-import type { ExecService, UsersService } from "../services.ts";
+import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
 import type { QgaFiles } from "./files.ts";
 import { guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
@@ -24,6 +24,13 @@ export interface QgaReply {
 
 const TOP_LEVEL_MEMBERS = new Set(["execute", "arguments", "id"]);
 
+/** guest-shutdown's modes and the power action each takes. */
+const SHUTDOWN_MODES = new Map([
+  ["powerdown", "poweroff"],
+  ["halt", "halt"],
+  ["reboot", "reboot"],
+] as const satisfies readonly (readonly [string, "poweroff" | "halt" | "reboot"])[]) as Map<string, "poweroff" | "halt" | "reboot">;
+
 export interface QgaDispatcherDeps {
   audit: AuditLog;
   logger: Logger;
@@ -34,6 +41,7 @@ export interface QgaDispatcherDeps {
   /** [limits] exec_records_max. */
   execRecordsMax: number;
   files: QgaFiles;
+  power: PowerService;
   /** [security] enable_file_copy: the guest-file-* commands are switched with it. */
   filesEnabled: boolean;
 }
@@ -120,6 +128,13 @@ export class QgaDispatcher {
       }
       case "guest-file-flush":
         return this.deps.files.flush((args as { handle: number }).handle);
+      case "guest-shutdown": {
+        const mode = (args as { mode?: string }).mode ?? "powerdown";
+        const action = SHUTDOWN_MODES.get(mode);
+        if (!action) throw genericError("mode is invalid (valid values are: halt|powerdown|reboot"); // sic: qemu-ga's text
+        await this.deps.power.request(action, { confirm: true, force: false, delay_seconds: 0, message: "hypervisor initiated shutdown" });
+        return {};
+      }
       case "guest-exec":
         return this.exec.start(args as GuestExecArgs);
       case "guest-exec-status":

@@ -83,6 +83,11 @@ export const QGA_COMMANDS = {
     ),
     successResponse: true,
   },
+  "guest-shutdown": {
+    args: z.strictObject({ mode: z.string().optional() }),
+    returns: z.strictObject({}),
+    successResponse: false,
+  },
   "guest-exec": {
     args: z.strictObject({
       path: z.string(),

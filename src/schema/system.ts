@@ -60,7 +60,7 @@ const powerParams = z.strictObject({
 
 const powerResult = z.strictObject({
   accepted: z.literal(true),
-  action: z.enum(["poweroff", "reboot"]),
+  action: z.enum(["poweroff", "reboot", "halt"]).describe("halt only through QGA's guest-shutdown"),
   force: z.boolean(),
   delay_seconds: z.number().int(),
   command: z.array(z.string()).describe("The command the agent will run first; fallbacks are logged and audited"),

@@ -134,6 +134,10 @@ const CASES: [string, string | number[], number][] = [
   ["guest-get-users", '{"execute":"guest-get-users"}', 1],
   ["guest-get-vcpus", '{"execute":"guest-get-vcpus"}', 1],
   ["an inventory command with an argument", '{"execute":"guest-get-vcpus","arguments":{"all":true}}', 1],
+  // Never a valid guest-shutdown here: qemu-ga runs as root on this machine.
+  ["guest-shutdown with an invalid mode", '{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}', 1],
+  ["guest-shutdown with a prototype name for a mode", '{"execute":"guest-shutdown","arguments":{"mode":"toString"}}', 1],
+  ["guest-shutdown with an unexpected parameter", '{"execute":"guest-shutdown","arguments":{"delay":5}}', 1],
 ];
 
 describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
@@ -155,6 +159,8 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     expect(Object.keys(ourInfo.supported_commands[0])).toEqual(Object.keys(theirInfo.supported_commands[0]));
     const theirNames = new Set(theirInfo.supported_commands.map((c: { name: string }) => c.name));
     for (const command of ourInfo.supported_commands) expect(theirNames.has(command.name)).toBe(true);
+    const shutdown = theirInfo.supported_commands.find((c: { name: string }) => c.name === "guest-shutdown");
+    expect(ourInfo.supported_commands.find((c: { name: string }) => c.name === "guest-shutdown")).toEqual(shutdown);
     expect(ourInfo.supported_commands.map((c: { name: string }) => c.name)).toEqual([
       "guest-sync-delimited",
       "guest-sync",
@@ -165,6 +171,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-users",
       "guest-get-vcpus",
       "guest-network-get-interfaces",
+      "guest-shutdown",
       "guest-exec",
       "guest-exec-status",
       "guest-file-open",

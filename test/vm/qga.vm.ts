@@ -24,10 +24,13 @@ afterAll(async () => {
  * libvirt's handshake: 0xFF, then guest-sync-delimited with a fresh id; skip
  * everything up to the 0xFF that precedes the reply, and check the id.
  */
-async function libvirtSync(id: number): Promise<{ send(request: object): Promise<unknown>; close(): void }> {
+async function libvirtSync(
+  id: number,
+  target: TestVm = vm,
+): Promise<{ send(request: object): Promise<unknown>; sendNoReply(request: object, waitMs: number): Promise<string>; close(): void }> {
   let received = Buffer.alloc(0);
   const socket = await Bun.connect({
-    unix: vm.qgaSocket,
+    unix: target.qgaSocket,
     socket: {
       data(_, chunk) {
         received = Buffer.concat([received, chunk]);
@@ -43,6 +46,13 @@ async function libvirtSync(id: number): Promise<{ send(request: object): Promise
       const delimiter = received.lastIndexOf(0xff);
       const line = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
       if (line.endsWith("\n") && JSON.parse(line).return === id) {
+        // Retries sent while the guest booted are answered too, later: replies come in order, so
+        // once a fresh sync is answered nothing older is still on its way.
+        const flushId = id + 1_000_000;
+        received = Buffer.alloc(0);
+        socket.write(JSON.stringify({ execute: "guest-sync", arguments: { id: flushId } }));
+        const until = Date.now() + 10_000;
+        while (!received.toString().includes(`{"return": ${flushId}}\n`) && Date.now() < until) await Bun.sleep(5);
         received = Buffer.alloc(0);
         return {
           async send(request) {
@@ -51,6 +61,13 @@ async function libvirtSync(id: number): Promise<{ send(request: object): Promise
             const until = Date.now() + 10_000;
             while (!received.includes(0x0a) && Date.now() < until) await Bun.sleep(5);
             return JSON.parse(received.toString());
+          },
+          /** For commands that answer nothing on success: whatever arrived within waitMs. */
+          async sendNoReply(request, waitMs) {
+            received = Buffer.alloc(0);
+            socket.write(JSON.stringify(request));
+            await Bun.sleep(waitMs);
+            return received.toString();
           },
           close: () => socket.end(),
         };
@@ -93,3 +110,27 @@ test("a host that drops its connection mid-request and comes back resyncs with 0
     agent.close();
   }
 }, 120_000);
+
+test("guest-shutdown answers nothing and powers the VM off; mode=reboot brings the agent back", async () => {
+  const image = await guestImage(await ensureBinary());
+  const off = await TestVm.boot({ image, ourQga: true });
+  const reboots = await TestVm.boot({ image, ourQga: true, allowReboot: true });
+  try {
+    const agent = await libvirtSync(11, off);
+    expect(await agent.sendNoReply({ execute: "guest-shutdown" }, 200)).toBe("");
+    expect(await off.waitForExit(60_000)).toBe(0);
+    expect(off.console()).toContain("poweroff requested");
+
+    const rebooting = await libvirtSync(12, reboots);
+    expect(await rebooting.sendNoReply({ execute: "guest-shutdown", arguments: { mode: "reboot" } }, 200)).toBe("");
+    rebooting.close();
+    await reboots.waitForConsole(/reboot requested/, 60_000);
+    await reboots.waitForConsole(/agent started[\s\S]*agent started/, 120_000);
+    const again = await libvirtSync(13, reboots);
+    expect(await again.send({ execute: "guest-ping" })).toEqual({ return: {} });
+    again.close();
+  } finally {
+    await off.stop();
+    await reboots.stop();
+  }
+}, 240_000);
