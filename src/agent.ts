@@ -7,6 +7,7 @@ import { Dispatcher } from "./protocol/dispatcher.ts";
 import { RpcSession } from "./protocol/session.ts";
 import { QgaDispatcher } from "./qga/dispatcher.ts";
 import { QgaSession } from "./qga/session.ts";
+import { isQgaCommand } from "./qga/schema.ts";
 import { QgaFiles } from "./qga/files.ts";
 import { PathPolicy } from "./files/paths.ts";
 import { StdioTransport } from "./transport/stdio.ts";
@@ -56,7 +57,12 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       files: qgaFiles,
       filesEnabled: config.security.enable_file_copy,
       power: services.power,
+      blockRpcs: config.qga.block_rpcs,
+      allowRpcs: config.qga.allow_rpcs,
     });
+    for (const name of [...config.qga.block_rpcs, ...config.qga.allow_rpcs]) {
+      if (!isQgaCommand(name)) logger.warn("QGA command in block_rpcs/allow_rpcs is not served by this agent", { command: name });
+    }
     qgaTransport = createTransport(config.qga, logger, () => {});
     await qgaTransport.start((connection) => {
       logger.debug("QGA host connected", { transport: connection.transport });

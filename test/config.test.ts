@@ -52,6 +52,12 @@ describe("config file", () => {
     expect(configError('[transport]\ntype = "tcp"\n')).toContain("[transport] type");
   });
 
+  test("QGA block and allow lists: command names only, and not both at once", () => {
+    expect(parseConfigText('[qga]\nblock_rpcs = ["guest-exec"]\n', FILE).qga.block_rpcs).toEqual(["guest-exec"]);
+    expect(configError('[qga]\nblock_rpcs = ["exec"]\n')).toBe(`${FILE}: [qga] block_rpcs.0: must be a QGA command name like "guest-exec"`);
+    expect(configError('[qga]\nblock_rpcs = ["guest-exec"]\nallow_rpcs = ["guest-ping"]\n')).toBe(`${FILE}: [qga] allow_rpcs: block_rpcs and allow_rpcs cannot both be set`);
+  });
+
   test("broken TOML names the file and the line", () => {
     expect(configError("[security]\nenable_exec = \n")).toMatch(/^\/etc\/kvm-manager-agent\/config\.toml: invalid TOML at line 2/);
   });

@@ -32,6 +32,8 @@ const DEFAULT_AUDIT_FILE = process.platform === "win32"
 
 export const DEFAULT_VSOCK_PORT = 9100;
 
+const qgaCommandName = z.string().regex(/^guest-[a-z0-9-]+$/, "must be a QGA command name like \"guest-exec\"");
+
 const absolutePath = z.string().min(1).refine((p) => /^(\/|[A-Za-z]:\\)/.test(p), "must be an absolute path");
 
 export const configSchema = z.strictObject({
@@ -49,6 +51,12 @@ export const configSchema = z.strictObject({
       path: z.string().min(1).default(DEFAULT_QGA_PORT),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_QGA_VSOCK_PORT),
       state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe("Where QGA state that must survive a restart is kept (the file handle counter)"),
+      block_rpcs: z.array(qgaCommandName).default([]).describe("QGA commands to switch off, as qemu-ga's --block-rpcs"),
+      allow_rpcs: z.array(qgaCommandName).default([]).describe("When not empty, the only QGA commands left on, as qemu-ga's --allow-rpcs"),
+    })
+    .refine((qga) => qga.block_rpcs.length === 0 || qga.allow_rpcs.length === 0, {
+      message: "block_rpcs and allow_rpcs cannot both be set",
+      path: ["allow_rpcs"],
     })
     .prefault({}),
   security: z

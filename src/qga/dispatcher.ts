@@ -41,9 +41,12 @@ export interface QgaDispatcherDeps {
   /** [limits] exec_records_max. */
   execRecordsMax: number;
   files: QgaFiles;
-  power: PowerService;
   /** [security] enable_file_copy: the guest-file-* commands are switched with it. */
   filesEnabled: boolean;
+  power: PowerService;
+  /** [qga] block_rpcs / allow_rpcs. */
+  blockRpcs: readonly string[];
+  allowRpcs: readonly string[];
 }
 
 export class QgaDispatcher {
@@ -53,10 +56,12 @@ export class QgaDispatcher {
     this.exec = new QgaExec(deps.exec, deps.execRecordsMax);
   }
 
+  /** The security policy first, then the config's block or allow list (which can switch off even guest-sync, as qemu-ga's). */
   isEnabled(command: QgaCommandName): boolean {
-    if (command === "guest-exec" || command === "guest-exec-status") return this.deps.execEnabled;
-    if (command.startsWith("guest-file-")) return this.deps.filesEnabled;
-    return true;
+    if ((command === "guest-exec" || command === "guest-exec-status") && !this.deps.execEnabled) return false;
+    if (command.startsWith("guest-file-") && !this.deps.filesEnabled) return false;
+    if (this.deps.allowRpcs.length > 0) return this.deps.allowRpcs.includes(command);
+    return !this.deps.blockRpcs.includes(command);
   }
 
   async handle(message: unknown, transport: string): Promise<QgaReply | null> {

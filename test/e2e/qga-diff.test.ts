@@ -17,6 +17,8 @@ const haveQemuGa = existsSync(QEMU_GA);
 
 let ours: AgentProcess;
 let oursNoExec: AgentProcess;
+let oursBlocked: AgentProcess;
+let theirsBlocked: ReturnType<typeof Bun.spawn> | null = null;
 let theirs: ReturnType<typeof Bun.spawn> | null = null;
 let theirsNoExec: ReturnType<typeof Bun.spawn> | null = null;
 const dir = mkdtempSync(join(tmpdir(), "kma-qga-diff-"));
@@ -24,6 +26,10 @@ const oursSocket = join(dir, "ours.sock");
 const theirsSocket = join(dir, "theirs.sock");
 const oursNoExecSocket = join(dir, "ours-no-exec.sock");
 const theirsNoExecSocket = join(dir, "theirs-no-exec.sock");
+const oursBlockedSocket = join(dir, "ours-blocked.sock");
+const theirsBlockedSocket = join(dir, "theirs-blocked.sock");
+/** Blocked on both sides; the last name is one neither agent serves. */
+const BLOCKED = ["guest-ping", "guest-get-time", "guest-sync", "guest-nonexistent"];
 
 const qgaToml = (socket: string) =>
   `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(socket)}\nstate_dir = ${JSON.stringify(join(dir, `state-${socket.split("/").pop()}`))}\n`;
@@ -54,19 +60,22 @@ beforeAll(async () => {
   // Both spawns inherit it; restored at once so later test files do not.
   process.env.QGA_OS_RELEASE = osRelease;
   try {
-    [ours, oursNoExec] = await Promise.all([
+    [ours, oursNoExec, oursBlocked] = await Promise.all([
       startAgentProcess({ extraToml: qgaToml(oursSocket) + EXEC_TOML }),
       startAgentProcess({ extraToml: qgaToml(oursNoExecSocket) }),
+      startAgentProcess({ extraToml: `${qgaToml(oursBlockedSocket)}block_rpcs = ${JSON.stringify(BLOCKED)}\n` }),
     ]);
     if (haveQemuGa) {
       theirs = spawnQemuGa(theirsSocket, join(dir, "qga-state"));
       theirsNoExec = spawnQemuGa(theirsNoExecSocket, join(dir, "qga-state-no-exec"), "-b", "guest-exec,guest-exec-status");
+      theirsBlocked = spawnQemuGa(theirsBlockedSocket, join(dir, "qga-state-blocked"), "-b", BLOCKED.join(","));
     }
   } finally {
     delete process.env.QGA_OS_RELEASE;
   }
   const deadline = Date.now() + 10_000;
-  const sockets = haveQemuGa ? [oursSocket, oursNoExecSocket, theirsSocket, theirsNoExecSocket] : [oursSocket, oursNoExecSocket];
+  const ourSockets = [oursSocket, oursNoExecSocket, oursBlockedSocket];
+  const sockets = haveQemuGa ? [...ourSockets, theirsSocket, theirsNoExecSocket, theirsBlockedSocket] : ourSockets;
   while (!sockets.every((socket) => existsSync(socket))) {
     if (Date.now() > deadline) throw new Error("QGA sockets did not appear");
     await Bun.sleep(20);
@@ -76,6 +85,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await ours?.stop();
   await oursNoExec?.stop();
+  await oursBlocked?.stop();
+  if (theirsBlocked) await terminate(theirsBlocked as never);
   if (theirs) await terminate(theirs as never);
   if (theirsNoExec) await terminate(theirsNoExec as never);
   rmSync(dir, { recursive: true, force: true });
@@ -274,6 +285,16 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       const [mine, reference] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
       expect(mine).toEqual(reference);
     }
+  });
+
+  test("block_rpcs answers as qemu-ga -b does, guest-sync included; other commands are untouched", async () => {
+    for (const request of ['{"execute":"guest-ping"}', '{"execute":"guest-get-time"}', '{"execute":"guest-sync","arguments":{"id":1}}', '{"execute":"guest-get-host-name"}']) {
+      const [mine, reference] = await Promise.all([exchange(oursBlockedSocket, request, 1), exchange(theirsBlockedSocket, request, 1)]);
+      expect(mine).toEqual(reference);
+    }
+    const [[info]] = await Promise.all([exchange(oursBlockedSocket, '{"execute":"guest-info"}', 1)]);
+    const disabled = JSON.parse(info!).return.supported_commands.filter((c: { enabled: boolean }) => !c.enabled).map((c: { name: string }) => c.name);
+    expect(disabled.sort()).toEqual(["guest-exec", "guest-exec-status", "guest-get-time", "guest-ping", "guest-sync"]);
   });
 
   test("exec switched off answers as qemu-ga -b does, and guest-info says so", async () => {
