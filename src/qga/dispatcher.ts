@@ -9,7 +9,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
 import type { QgaFiles } from "./files.ts";
-import { guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
+import { guestCpuStats, guestDiskStats, guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -113,6 +113,10 @@ export class QgaDispatcher {
         return guestVcpus();
       case "guest-network-get-interfaces":
         return guestNetworkInterfaces();
+      case "guest-get-cpustats":
+        return guestCpuStats();
+      case "guest-get-diskstats":
+        return guestDiskStats();
       case "guest-file-open": {
         const { path, mode } = args as { path: string; mode?: string };
         return this.deps.files.open(path, mode);

@@ -122,3 +122,56 @@ function parseNetDev(text: string): Map<string, Record<string, number>> {
   }
   return out;
 }
+
+/** USER_HZ: /proc/stat counts in these ticks (100 on every Linux qemu-ga runs on; glibc's sysconf(_SC_CLK_TCK) is fixed there). */
+const CLK_TCK = 100;
+
+/** guest-get-cpustats: one entry per CPU (not the aggregate line), times in milliseconds, as many fields as the kernel gives. */
+export function guestCpuStats(procStat = "/proc/stat"): Record<string, unknown>[] {
+  const names = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guestnice"];
+  const out: Record<string, unknown>[] = [];
+  for (const line of readFileSync(procStat, "utf8").split("\n")) {
+    const [label, ...values] = line.trim().split(/\s+/);
+    if (!label || !/^cpu\d+$/.test(label)) continue;
+    const entry: Record<string, unknown> = { type: "linux", cpu: Number(label.slice(3)) };
+    values.slice(0, names.length).forEach((value, i) => (entry[names[i]!] = Math.floor((Number(value) * 1000) / CLK_TCK)));
+    out.push(entry);
+  }
+  return out;
+}
+
+/**
+ * guest-get-diskstats: every line of /proc/diskstats (loop devices included,
+ * as qemu-ga lists them), with the fields that line's format has: 4 for the
+ * old partition format, 11 from the classic one, discard from 18 columns on,
+ * flush from 20.
+ */
+export function guestDiskStats(procDiskstats = "/proc/diskstats"): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const line of readFileSync(procDiskstats, "utf8").split("\n")) {
+    const [major, minor, name, ...rest] = line.trim().split(/\s+/);
+    const v = rest.map(Number);
+    if (!name || v.length < 4) continue;
+    const stats: Record<string, number> = {};
+    if (v.length === 4) {
+      Object.assign(stats, { "read-sectors": v[1]!, "read-ios": v[0]!, "write-sectors": v[3]!, "write-ios": v[2]! });
+    } else if (v.length >= 11) {
+      Object.assign(stats, {
+        "read-sectors": v[2]!,
+        "read-ios": v[0]!,
+        "read-merges": v[1]!,
+        "write-sectors": v[6]!,
+        "write-ios": v[4]!,
+        "write-merges": v[5]!,
+      });
+      if (v.length >= 15) Object.assign(stats, { "discard-sectors": v[13]!, "discard-ios": v[11]!, "discard-merges": v[12]! });
+      if (v.length >= 17) stats["flush-ios"] = v[15]!;
+      Object.assign(stats, { "read-ticks": v[3]!, "write-ticks": v[7]! });
+      if (v.length >= 15) stats["discard-ticks"] = v[14]!;
+      if (v.length >= 17) stats["flush-ticks"] = v[16]!;
+      Object.assign(stats, { "ios-pgr": v[8]!, "total-ticks": v[9]!, "weight-ticks": v[10]! });
+    }
+    out.push({ name, major: Number(major), minor: Number(minor), stats });
+  }
+  return out;
+}

@@ -83,6 +83,16 @@ export const QGA_COMMANDS = {
     ),
     successResponse: true,
   },
+  "guest-get-cpustats": {
+    args: z.strictObject({}),
+    returns: z.array(z.record(z.string(), z.union([z.string(), int]))).describe("GuestCpuStats: type 'linux', cpu, and times in ms"),
+    successResponse: true,
+  },
+  "guest-get-diskstats": {
+    args: z.strictObject({}),
+    returns: z.array(z.strictObject({ name: z.string(), major: int, minor: int, stats: z.record(z.string(), int) })),
+    successResponse: true,
+  },
   "guest-shutdown": {
     args: z.strictObject({ mode: z.string().optional() }),
     returns: z.strictObject({}),

@@ -182,6 +182,8 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-users",
       "guest-get-vcpus",
       "guest-network-get-interfaces",
+      "guest-get-cpustats",
+      "guest-get-diskstats",
       "guest-shutdown",
       "guest-exec",
       "guest-exec-status",
@@ -317,6 +319,16 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     const counters = (line: string) => line.replace(/("[rt]x-(bytes|packets|errs|dropped)": )\d+/g, "$1N");
     expect(counters(mine!)).toBe(counters(reference!));
     expect(mine).toContain('"name": "lo"');
+  });
+
+  test("guest-get-cpustats and guest-get-diskstats: the same entries and fields in the same order", async () => {
+    // Counters move between the two calls; every number is masked, names, keys and order must match.
+    const masked = (line: string) => line.replace(/(": )\d+/g, "$1N");
+    for (const execute of ["guest-get-cpustats", "guest-get-diskstats"]) {
+      const request = JSON.stringify({ execute });
+      const [[mine], [reference]] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+      expect(masked(mine!)).toBe(masked(reference!));
+    }
   });
 
   test("guest-get-time: nanoseconds since the epoch, the same clock as qemu-ga's", async () => {
