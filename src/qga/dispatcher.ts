@@ -8,6 +8,7 @@ import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
+import { guestSetTime } from "./time.ts";
 import type { QgaFiles } from "./files.ts";
 import { guestCpuStats, guestDiskStats, guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
@@ -105,6 +106,10 @@ export class QgaDispatcher {
         return { "host-name": os.hostname() };
       case "guest-get-time":
         return guestTime();
+      case "guest-set-time": {
+        const time = (args as { time?: number }).time;
+        return guestSetTime(time === undefined ? undefined : BigInt(time));
+      }
       case "guest-get-osinfo":
         return guestOsInfo();
       case "guest-get-users":

@@ -7,10 +7,20 @@ import os from "node:os";
 import { join } from "node:path";
 import { OS_RELEASE_PATHS } from "../info/linux.ts";
 import { parseOsRelease } from "../info/os-release.ts";
+import { ptr } from "bun:ffi";
+import { libc } from "../platform/linux/libc.ts";
 
-/** guest-get-time: nanoseconds since the epoch, at the microsecond precision qemu-ga has (beyond 2^53, hence a bigint). */
+const CLOCK_REALTIME = 0;
+
+/**
+ * guest-get-time: the real-time clock now (so a guest-set-time shows at once),
+ * in nanoseconds since the epoch at the microsecond precision qemu-ga reports
+ * (beyond 2^53, hence a bigint).
+ */
 export function guestTime(): bigint {
-  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 1000)) * 1000n;
+  const timespec = new BigInt64Array(2);
+  if (libc().clock_gettime(CLOCK_REALTIME, ptr(timespec)) !== 0) return BigInt(Date.now()) * 1_000_000n;
+  return timespec[0]! * 1_000_000_000n + (timespec[1]! / 1000n) * 1000n;
 }
 
 /**

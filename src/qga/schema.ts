@@ -34,6 +34,12 @@ export const QGA_COMMANDS = {
     returns: z.bigint().describe("Nanoseconds since the epoch"),
     successResponse: true,
   },
+  "guest-set-time": {
+    // Nanoseconds since the epoch are above 2^53: JSON.parse gives a double, and z.int() would refuse it.
+    args: z.strictObject({ time: z.number().refine(Number.isInteger, "must be an integer").optional().describe("Nanoseconds since the epoch") }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
   "guest-get-osinfo": {
     args: z.strictObject({}),
     returns: z.strictObject({

@@ -178,6 +178,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-ping",
       "guest-get-host-name",
       "guest-get-time",
+      "guest-set-time",
       "guest-get-osinfo",
       "guest-get-users",
       "guest-get-vcpus",

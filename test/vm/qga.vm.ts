@@ -134,3 +134,14 @@ test("guest-shutdown answers nothing and powers the VM off; mode=reboot brings t
     await reboots.stop();
   }
 }, 240_000);
+
+test("guest-set-time sets the guest's clock (and its RTC); guest-get-time reads it back", async () => {
+  const agent = await libvirtSync(21);
+  const target = 1_900_000_000_000_000_000; // 2030-03-17, nanoseconds
+  expect(await agent.send({ execute: "guest-set-time", arguments: { time: target } })).toEqual({ return: {} });
+  const { return: now } = (await agent.send({ execute: "guest-get-time" })) as { return: number };
+  expect(Math.abs(now - target)).toBeLessThan(30e9);
+  const refused = (await agent.send({ execute: "guest-set-time", arguments: { time: 1e20 } })) as { error: { desc: string } };
+  expect(refused.error.desc).toContain("Invalid time");
+  agent.close();
+}, 60_000);
