@@ -10,7 +10,17 @@ import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
 import { guestSetTime } from "./time.ts";
 import type { QgaFiles } from "./files.ts";
-import { guestCpuStats, guestDiskStats, guestNetworkInterfaces, guestOsInfo, guestTime, guestVcpus } from "./inventory.ts";
+import {
+  guestCpuStats,
+  guestDiskStats,
+  guestMemoryBlockInfo,
+  guestMemoryBlocks,
+  guestNetworkInterfaces,
+  guestOsInfo,
+  guestSetMemoryBlocks,
+  guestTime,
+  guestVcpus,
+} from "./inventory.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -122,6 +132,12 @@ export class QgaDispatcher {
         return guestCpuStats();
       case "guest-get-diskstats":
         return guestDiskStats();
+      case "guest-get-memory-blocks":
+        return guestMemoryBlocks();
+      case "guest-get-memory-block-info":
+        return guestMemoryBlockInfo();
+      case "guest-set-memory-blocks":
+        return guestSetMemoryBlocks((args as { "mem-blks": { "phys-index": number; online: boolean }[] })["mem-blks"]);
       case "guest-file-open": {
         const { path, mode } = args as { path: string; mode?: string };
         return this.deps.files.open(path, mode);

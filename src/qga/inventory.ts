@@ -2,8 +2,8 @@
  * What the QGA inventory commands report on Linux, in qemu-ga's shapes and
  * field order (qapi schema order; qmpStringify puts them in qemu's QDict order).
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import os, { constants } from "node:os";
 import { join } from "node:path";
 import { OS_RELEASE_PATHS } from "../info/linux.ts";
 import { parseOsRelease } from "../info/os-release.ts";
@@ -184,4 +184,56 @@ export function guestDiskStats(procDiskstats = "/proc/diskstats"): Record<string
     out.push({ name, major: Number(major), minor: Number(minor), stats });
   }
   return out;
+}
+
+const MEMORY_ROOT = "/sys/devices/system/memory";
+
+export interface GuestMemoryBlock {
+  "phys-index": number;
+  online: boolean;
+  "can-offline": boolean;
+}
+
+/** One memory block from sysfs: `state` says online, `removable` whether it may go offline (no file: it may not). */
+function memoryBlock(root: string, index: number): GuestMemoryBlock {
+  const state = readOptional(join(root, `memory${index}`, "state"));
+  if (state === undefined) return { "phys-index": index, online: true, "can-offline": false };
+  const removable = readOptional(join(root, `memory${index}`, "removable"));
+  return { "phys-index": index, online: state.startsWith("online"), "can-offline": removable !== undefined && removable !== "0" };
+}
+
+/** guest-get-memory-blocks, in directory order as qemu-ga's readdir gives it. */
+export function guestMemoryBlocks(root = MEMORY_ROOT): GuestMemoryBlock[] {
+  return readdirSync(root, { withFileTypes: true })
+    .filter((entry) => entry.isDirectory() && /^memory\d+$/.test(entry.name))
+    .map((entry) => memoryBlock(root, Number(entry.name.slice(6))));
+}
+
+/** guest-get-memory-block-info: block_size_bytes is hexadecimal in sysfs. */
+export function guestMemoryBlockInfo(root = MEMORY_ROOT): { size: number } {
+  return { size: Number.parseInt(readFileSync(join(root, "block_size_bytes"), "utf8").trim(), 16) };
+}
+
+export interface MemoryBlockResponse {
+  "phys-index": number;
+  response: "success" | "not-found" | "operation-not-supported" | "operation-failed";
+  "error-code"?: number;
+}
+
+/** guest-set-memory-blocks: each block brought online or offline through its `state` file; one response per request. */
+export function guestSetMemoryBlocks(requests: { "phys-index": number; online: boolean }[], root = MEMORY_ROOT): MemoryBlockResponse[] {
+  return requests.map(({ "phys-index": index, online }) => {
+    const dir = join(root, `memory${index}`);
+    if (!existsSync(dir)) return { "phys-index": index, response: "not-found", "error-code": constants.errno.ENOENT };
+    const current = memoryBlock(root, index);
+    if (current.online === online) return { "phys-index": index, response: "success" };
+    if (!online && !current["can-offline"]) return { "phys-index": index, response: "operation-not-supported" };
+    try {
+      writeFileSync(join(dir, "state"), online ? "online" : "offline");
+      return { "phys-index": index, response: "success" };
+    } catch (error) {
+      const errno = constants.errno[(error as NodeJS.ErrnoException).code as keyof typeof constants.errno];
+      return { "phys-index": index, response: "operation-failed", "error-code": errno ?? -1 };
+    }
+  });
 }

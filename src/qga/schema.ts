@@ -99,6 +99,29 @@ export const QGA_COMMANDS = {
     returns: z.array(z.strictObject({ name: z.string(), major: int, minor: int, stats: z.record(z.string(), int) })),
     successResponse: true,
   },
+  "guest-get-memory-blocks": {
+    args: z.strictObject({}),
+    returns: z.array(z.strictObject({ "phys-index": int, online: z.boolean(), "can-offline": z.boolean().optional() })),
+    successResponse: true,
+  },
+  "guest-get-memory-block-info": {
+    args: z.strictObject({}),
+    returns: z.strictObject({ size: int }),
+    successResponse: true,
+  },
+  "guest-set-memory-blocks": {
+    args: z.strictObject({
+      "mem-blks": z.array(z.strictObject({ "phys-index": int, online: z.boolean(), "can-offline": z.boolean().optional() })),
+    }),
+    returns: z.array(
+      z.strictObject({
+        "phys-index": int,
+        response: z.enum(["success", "not-found", "operation-not-supported", "operation-failed"]),
+        "error-code": int.optional(),
+      }),
+    ),
+    successResponse: true,
+  },
   "guest-shutdown": {
     args: z.strictObject({ mode: z.string().optional() }),
     returns: z.strictObject({}),

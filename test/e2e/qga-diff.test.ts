@@ -144,6 +144,10 @@ const CASES: [string, string | number[], number][] = [
   ["guest-get-osinfo (the os-release fixture, quoting included)", '{"execute":"guest-get-osinfo","id":"os"}', 1],
   ["guest-get-users", '{"execute":"guest-get-users"}', 1],
   ["guest-get-vcpus", '{"execute":"guest-get-vcpus"}', 1],
+  ["guest-get-memory-blocks (directory order)", '{"execute":"guest-get-memory-blocks"}', 1],
+  ["guest-get-memory-block-info", '{"execute":"guest-get-memory-block-info"}', 1],
+  // Only a block that does not exist: never take this machine's memory offline.
+  ["guest-set-memory-blocks on a block that does not exist", '{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[{"phys-index":999999,"online":false}]}}', 1],
   ["an inventory command with an argument", '{"execute":"guest-get-vcpus","arguments":{"all":true}}', 1],
   // Never a valid guest-shutdown here: qemu-ga runs as root on this machine.
   ["guest-shutdown with an invalid mode", '{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}', 1],
@@ -185,6 +189,9 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-network-get-interfaces",
       "guest-get-cpustats",
       "guest-get-diskstats",
+      "guest-get-memory-blocks",
+      "guest-get-memory-block-info",
+      "guest-set-memory-blocks",
       "guest-shutdown",
       "guest-exec",
       "guest-exec-status",

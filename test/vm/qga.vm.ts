@@ -145,3 +145,28 @@ test("guest-set-time sets the guest's clock (and its RTC); guest-get-time reads 
   expect(refused.error.desc).toContain("Invalid time");
   agent.close();
 }, 60_000);
+
+test("memory blocks: listed with their size, taken offline and back online (or refused with a reason)", async () => {
+  const agent = await libvirtSync(31);
+  const { return: blocks } = (await agent.send({ execute: "guest-get-memory-blocks" })) as { return: { "phys-index": number; online: boolean; "can-offline": boolean }[] };
+  expect(blocks.length).toBeGreaterThan(0);
+  const { return: info } = (await agent.send({ execute: "guest-get-memory-block-info" })) as { return: { size: number } };
+  expect(info.size).toBeGreaterThan(0);
+  const candidate = blocks.filter((b) => b.online && b["can-offline"]).sort((a, b) => b["phys-index"] - a["phys-index"])[0];
+  if (candidate) {
+    const index = candidate["phys-index"];
+    const set = async (online: boolean) =>
+      ((await agent.send({ execute: "guest-set-memory-blocks", arguments: { "mem-blks": [{ "phys-index": index, online }] } })) as { return: { response: string }[] }).return[0]!;
+    const offline = await set(false);
+    expect(["success", "operation-failed"]).toContain(offline.response);
+    if (offline.response === "success") {
+      const after = (await agent.send({ execute: "guest-get-memory-blocks" })) as { return: { "phys-index": number; online: boolean }[] };
+      expect(after.return.find((b) => b["phys-index"] === index)!.online).toBe(false);
+      expect((await set(true)).response).toBe("success");
+    }
+  }
+  expect(await agent.send({ execute: "guest-set-memory-blocks", arguments: { "mem-blks": [{ "phys-index": 999999, online: true }] } })).toEqual({
+    return: [{ "phys-index": 999999, response: "not-found", "error-code": 2 }],
+  });
+  agent.close();
+}, 60_000);
