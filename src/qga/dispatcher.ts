@@ -13,6 +13,7 @@ import type { QgaFiles } from "./files.ts";
 import {
   guestCpuStats,
   guestDiskStats,
+  guestFsInfo,
   guestMemoryBlockInfo,
   guestMemoryBlocks,
   guestNetworkInterfaces,
@@ -132,6 +133,8 @@ export class QgaDispatcher {
         return guestCpuStats();
       case "guest-get-diskstats":
         return guestDiskStats();
+      case "guest-get-fsinfo":
+        return guestFsInfo();
       case "guest-get-memory-blocks":
         return guestMemoryBlocks();
       case "guest-get-memory-block-info":

@@ -2,7 +2,7 @@
  * What the QGA inventory commands report on Linux, in qemu-ga's shapes and
  * field order (qapi schema order; qmpStringify puts them in qemu's QDict order).
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, realpathSync, statfsSync, writeFileSync } from "node:fs";
 import os, { constants } from "node:os";
 import { join } from "node:path";
 import { OS_RELEASE_PATHS } from "../info/linux.ts";
@@ -235,5 +235,78 @@ export function guestSetMemoryBlocks(requests: { "phys-index": number; online: b
       const errno = constants.errno[(error as NodeJS.ErrnoException).code as keyof typeof constants.errno];
       return { "phys-index": index, response: "operation-failed", "error-code": errno ?? -1 };
     }
+  });
+}
+
+interface MountEntry {
+  major: number;
+  minor: number;
+  mountpoint: string;
+  type: string;
+}
+
+/** /proc/self/mountinfo, block-backed mounts only (major 0 is a virtual filesystem), as qemu-ga lists them. */
+function blockMounts(mountinfo = "/proc/self/mountinfo"): MountEntry[] {
+  const unescape = (text: string) => text.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+  const out: MountEntry[] = [];
+  for (const line of readFileSync(mountinfo, "utf8").split("\n")) {
+    const fields = line.split(" ");
+    const dash = fields.indexOf("-");
+    if (fields.length < 7 || dash < 0) continue;
+    const [major, minor] = fields[2]!.split(":").map(Number) as [number, number];
+    if (major === 0) continue;
+    out.push({ major, minor, mountpoint: unescape(fields[4]!), type: fields[dash + 1]! });
+  }
+  return out;
+}
+
+const PCI_ADDRESS = /^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/;
+const SCSI_ADDRESS = /^(\d+):(\d+):(\d+):(\d+)$/;
+
+/** Where a disk sits, from its sysfs path: the PCI function it hangs off, and its bus and address on it. */
+function diskAddress(sysBlock: string): Record<string, unknown> {
+  const real = realpathSync(sysBlock);
+  const parts = real.split("/");
+  const pci = parts.map((part) => PCI_ADDRESS.exec(part)).filter((m) => m !== null).at(-1);
+  const scsi = parts.map((part) => SCSI_ADDRESS.exec(part)).filter((m) => m !== null).at(-1);
+  const busType = scsi ? (real.includes("/ata") ? "sata" : "scsi") : real.includes("/virtio") ? "virtio" : real.includes("/nvme") ? "nvme" : "unknown";
+  const name = parts.at(-1)!;
+  const address: Record<string, unknown> = {
+    "pci-controller": pci
+      ? { domain: Number.parseInt(pci[1]!, 16), bus: Number.parseInt(pci[2]!, 16), slot: Number.parseInt(pci[3]!, 16), function: Number(pci[4]) }
+      : { domain: -1, bus: -1, slot: -1, function: -1 },
+    "bus-type": busType,
+    bus: scsi ? Number(scsi[2]) : 0,
+    target: scsi ? Number(scsi[3]) : 0,
+    unit: scsi ? Number(scsi[4]) : 0,
+  };
+  const serial = readOptional(join(real, "serial")) || readOptional(join(real, "device", "serial"));
+  if (serial) address.serial = serial;
+  address.dev = `/dev/${name}`;
+  return address;
+}
+
+/** The disks under a block device: itself (or its whole disk, for a partition), or the slaves of a dm/md device. */
+function disksOf(sysDev: string): Record<string, unknown>[] {
+  const dir = realpathSync(sysDev);
+  const slaves = existsSync(join(dir, "slaves")) ? readdirSync(join(dir, "slaves")) : [];
+  if (slaves.length > 0) return slaves.flatMap((slave) => disksOf(join(dir, "slaves", slave)));
+  return [diskAddress(existsSync(join(dir, "partition")) ? join(dir, "..") : dir)];
+}
+
+/** guest-get-fsinfo: each block-backed mount, its usage (without root-reserved space) and the disks under it. */
+export function guestFsInfo(): Record<string, unknown>[] {
+  return blockMounts().map(({ major, minor, mountpoint, type }) => {
+    const sysDev = `/sys/dev/block/${major}:${minor}`;
+    const info: Record<string, unknown> = { name: existsSync(sysDev) ? realpathSync(sysDev).split("/").at(-1)! : `${major}:${minor}`, mountpoint, type };
+    try {
+      const fs = statfsSync(mountpoint);
+      info["used-bytes"] = (fs.blocks - fs.bfree) * fs.bsize;
+      info["total-bytes"] = (fs.blocks - fs.bfree + fs.bavail) * fs.bsize;
+    } catch {
+      // Not reachable: qemu-ga leaves the sizes out too.
+    }
+    info.disk = existsSync(sysDev) ? disksOf(sysDev) : [];
+    return info;
   });
 }

@@ -99,6 +99,20 @@ export const QGA_COMMANDS = {
     returns: z.array(z.strictObject({ name: z.string(), major: int, minor: int, stats: z.record(z.string(), int) })),
     successResponse: true,
   },
+  "guest-get-fsinfo": {
+    args: z.strictObject({}),
+    returns: z.array(
+      z.strictObject({
+        name: z.string(),
+        mountpoint: z.string(),
+        type: z.string(),
+        "used-bytes": int.optional(),
+        "total-bytes": int.optional(),
+        disk: z.array(z.record(z.string(), z.unknown())).describe("GuestDiskAddress: pci-controller, bus-type, bus, target, unit, serial, dev"),
+      }),
+    ),
+    successResponse: true,
+  },
   "guest-get-memory-blocks": {
     args: z.strictObject({}),
     returns: z.array(z.strictObject({ "phys-index": int, online: z.boolean(), "can-offline": z.boolean().optional() })),

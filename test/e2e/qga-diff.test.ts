@@ -6,7 +6,7 @@
  * "JSON parse error, ", which comes from each side's own JSON parser).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AGENT_VERSION } from "../../src/version.ts";
@@ -189,6 +189,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-network-get-interfaces",
       "guest-get-cpustats",
       "guest-get-diskstats",
+      "guest-get-fsinfo",
       "guest-get-memory-blocks",
       "guest-get-memory-block-info",
       "guest-set-memory-blocks",
@@ -337,6 +338,21 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       const [[mine], [reference]] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
       expect(masked(mine!)).toBe(masked(reference!));
     }
+  });
+
+  test("guest-get-fsinfo: the same mounts, disks and addresses (this machine is a VM with a virtio disk)", async () => {
+    const request = '{"execute":"guest-get-fsinfo"}';
+    const [[mine], [reference]] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+    // Usage moves while tests write files; everything else must be identical — but the serial: qemu-ga
+    // asks udev for it, and this machine runs no udev, while we read it from sysfs (libvirt matches
+    // guest disks by serial, so we report it where qemu-ga could not).
+    const usage = (line: string) => line.replace(/("(used|total)-bytes": )\d+/g, "$1N");
+    const withoutSerial = (line: string) => (reference!.includes('"serial"') ? line : line.replace(/"serial": "[^"]*", /g, ""));
+    expect(usage(withoutSerial(mine!))).toBe(usage(reference!));
+    // On a VM like CI's (root on a virtio disk with a serial), the address and serial are there:
+    const serial = existsSync("/sys/block/vda/serial") ? readFileSync("/sys/block/vda/serial", "utf8").trim() : "";
+    if (serial) expect(mine).toContain(`"serial": "${serial}"`);
+    if (existsSync("/sys/block/vda")) expect(mine).toContain('"bus-type": "virtio"');
   });
 
   test("guest-get-time: nanoseconds since the epoch, the same clock as qemu-ga's", async () => {
