@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { guestImage, TestVm } from "../../scripts/vm/vm.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
+import { AgentClient } from "../../src/client/client.ts";
 import { ensureBinary } from "../helpers/agent-process.ts";
 
 let vm: TestVm;
@@ -43,9 +44,11 @@ async function libvirtSync(
     socket.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }))]));
     const tryUntil = Date.now() + 1_000;
     while (Date.now() < tryUntil) {
+      // As libvirt: one line after the last 0xFF is the delimited reply (retries may have more behind it).
       const delimiter = received.lastIndexOf(0xff);
-      const line = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
-      if (line.endsWith("\n") && JSON.parse(line).return === id) {
+      const rest = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
+      const line = rest.slice(0, rest.indexOf("\n") + 1);
+      if (line !== "" && JSON.parse(line).return === id) {
         // Retries sent while the guest booted are answered too, later: replies come in order, so
         // once a fresh sync is answered nothing older is still on its way.
         const flushId = id + 1_000_000;
@@ -168,5 +171,23 @@ test("memory blocks: listed with their size, taken offline and back online (or r
   expect(await agent.send({ execute: "guest-set-memory-blocks", arguments: { "mem-blks": [{ "phys-index": 999999, online: true }] } })).toEqual({
     return: [{ "phys-index": 999999, response: "not-found", "error-code": 2 }],
   });
+  agent.close();
+}, 60_000);
+
+test("guest-get-fsinfo shows the guest's virtio disk once it holds a filesystem", async () => {
+  // Through the native port: format and mount the harness's blank disk.
+  const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
+  await native.waitReady({ timeoutMs: 30_000 });
+  const mounted = await native.exec({ command: "sh", args: ["-c", "mke2fs -q /dev/vda && mkdir -p /mnt/data && mount -t ext2 /dev/vda /mnt/data"] }, { timeoutMs: 30_000 });
+  native.close();
+  expect(mounted.exit_code).toBe(0);
+  const agent = await libvirtSync(41);
+  const { return: filesystems } = (await agent.send({ execute: "guest-get-fsinfo" })) as { return: Record<string, any>[] };
+  const data = filesystems.find((fs) => fs.mountpoint === "/mnt/data")!;
+  expect(data).toMatchObject({ name: "vda", type: "ext2" });
+  expect(data["total-bytes"]).toBeGreaterThan(20 * 1024 * 1024);
+  expect(data.disk).toHaveLength(1);
+  expect(data.disk[0]).toMatchObject({ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vda" });
+  expect(data.disk[0]["pci-controller"]).toMatchObject({ domain: 0, bus: 0 });
   agent.close();
 }, 60_000);
