@@ -12,6 +12,7 @@ import { guestSetTime } from "./time.ts";
 import type { QgaFiles } from "./files.ts";
 import {
   guestCpuStats,
+  guestDisks,
   guestDiskStats,
   guestFsInfo,
   guestMemoryBlockInfo,
@@ -135,6 +136,8 @@ export class QgaDispatcher {
         return guestDiskStats();
       case "guest-get-fsinfo":
         return guestFsInfo();
+      case "guest-get-disks":
+        return guestDisks();
       case "guest-get-memory-blocks":
         return guestMemoryBlocks();
       case "guest-get-memory-block-info":

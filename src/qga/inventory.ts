@@ -310,3 +310,27 @@ export function guestFsInfo(): Record<string, unknown>[] {
     return info;
   });
 }
+
+/**
+ * guest-get-disks: every disk and partition qemu-ga would list — block devices
+ * that are not virtual (loop, ram, zram) — with what each depends on (a
+ * partition on its disk, a dm/md device on its slaves) and, for a real disk,
+ * its address.
+ */
+export function guestDisks(sysBlock = "/sys/block"): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const name of readdirSync(sysBlock)) {
+    const dir = realpathSync(join(sysBlock, name));
+    if (dir.includes("/devices/virtual/block/") && !existsSync(join(dir, "dm"))) continue;
+    const slaves = existsSync(join(dir, "slaves")) ? readdirSync(join(dir, "slaves")) : [];
+    const disk: Record<string, unknown> = { name: `/dev/${name}`, partition: false, dependencies: slaves.map((slave) => `/dev/${slave}`) };
+    const alias = readOptional(join(dir, "dm", "name"));
+    if (alias) disk.alias = alias;
+    if (slaves.length === 0) disk.address = diskAddress(dir);
+    out.push(disk);
+    for (const part of readdirSync(dir).filter((entry) => existsSync(join(dir, entry, "partition")))) {
+      out.push({ name: `/dev/${part}`, partition: true, dependencies: [`/dev/${name}`] });
+    }
+  }
+  return out;
+}

@@ -113,6 +113,19 @@ export const QGA_COMMANDS = {
     ),
     successResponse: true,
   },
+  "guest-get-disks": {
+    args: z.strictObject({}),
+    returns: z.array(
+      z.strictObject({
+        name: z.string(),
+        partition: z.boolean(),
+        dependencies: z.array(z.string()).optional(),
+        address: z.record(z.string(), z.unknown()).optional(),
+        alias: z.string().optional(),
+      }),
+    ),
+    successResponse: true,
+  },
   "guest-get-memory-blocks": {
     args: z.strictObject({}),
     returns: z.array(z.strictObject({ "phys-index": int, online: z.boolean(), "can-offline": z.boolean().optional() })),
