@@ -15,11 +15,13 @@ import {
   guestDisks,
   guestDiskStats,
   guestFsInfo,
+  guestLoad,
   guestMemoryBlockInfo,
   guestMemoryBlocks,
   guestNetworkInterfaces,
   guestOsInfo,
   guestSetMemoryBlocks,
+  guestSetVcpus,
   guestTime,
   guestVcpus,
 } from "./inventory.ts";
@@ -128,6 +130,10 @@ export class QgaDispatcher {
         return this.deps.users.qgaUsers();
       case "guest-get-vcpus":
         return guestVcpus();
+      case "guest-set-vcpus":
+        return guestSetVcpus((args as { vcpus: { "logical-id": number; online: boolean }[] }).vcpus);
+      case "guest-get-load":
+        return guestLoad();
       case "guest-network-get-interfaces":
         return guestNetworkInterfaces();
       case "guest-get-cpustats":

@@ -9,6 +9,7 @@ import { OS_RELEASE_PATHS } from "../info/linux.ts";
 import { parseOsRelease } from "../info/os-release.ts";
 import { ptr } from "bun:ffi";
 import { libc } from "../platform/linux/libc.ts";
+import { genericError } from "./errors.ts";
 
 const CLOCK_REALTIME = 0;
 
@@ -333,4 +334,38 @@ export function guestDisks(sysBlock = "/sys/block"): Record<string, unknown>[] {
     }
   }
   return out;
+}
+
+/** guest-get-load (qemu 8.2+): the 1, 5 and 15 minute load averages from /proc/loadavg. */
+export function guestLoad(procLoadavg = "/proc/loadavg"): { load1: number; load5: number; load15: number } {
+  const [load1, load5, load15] = readFileSync(procLoadavg, "utf8").split(/\s+/).map(Number) as [number, number, number];
+  return { load1, load5, load15 };
+}
+
+/**
+ * guest-set-vcpus: each CPU's sysfs `online` file set as asked. Like qemu-ga,
+ * it stops at the first failure and answers how many it processed; failing on
+ * the very first is an error naming the CPU.
+ */
+export function guestSetVcpus(requests: { "logical-id": number; online: boolean }[], cpuRoot = "/sys/devices/system/cpu"): number {
+  let processed = 0;
+  for (const { "logical-id": id, online } of requests) {
+    const file = join(cpuRoot, `cpu${id}`, "online");
+    const problem = (() => {
+      if (!existsSync(join(cpuRoot, `cpu${id}`))) return `open("${join(cpuRoot, `cpu${id}`)}/"): No such file or directory`; // qemu-ga's words
+      if (!existsSync(file)) return online ? null : `logical processor #${id} can't be offlined`;
+      try {
+        if ((readFileSync(file, "utf8").trim() === "1") !== online) writeFileSync(file, online ? "1" : "0");
+        return null;
+      } catch (error) {
+        return `cannot set logical processor #${id} ${online ? "online" : "offline"}: ${(error as Error).message}`;
+      }
+    })();
+    if (problem) {
+      if (processed === 0) throw genericError(problem);
+      break;
+    }
+    processed++;
+  }
+  return processed;
 }

@@ -66,6 +66,16 @@ export const QGA_COMMANDS = {
     returns: z.array(z.strictObject({ "logical-id": int, online: z.boolean(), "can-offline": z.boolean() })),
     successResponse: true,
   },
+  "guest-set-vcpus": {
+    args: z.strictObject({ vcpus: z.array(z.strictObject({ "logical-id": int, online: z.boolean(), "can-offline": z.boolean().optional() })) }),
+    returns: int.describe("How many entries were processed"),
+    successResponse: true,
+  },
+  "guest-get-load": {
+    args: z.strictObject({}),
+    returns: z.strictObject({ load1: z.number(), load5: z.number(), load15: z.number() }),
+    successResponse: true,
+  },
   "guest-network-get-interfaces": {
     args: z.strictObject({}),
     returns: z.array(

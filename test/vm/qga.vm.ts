@@ -100,6 +100,13 @@ test("inventory from the guest itself: osinfo, vcpus, network interfaces", async
   expect(interfaces.return.map((i) => i.name)).toEqual(["lo", "eth0"]);
   expect(interfaces.return[1]!["hardware-address"]).toBe("52:54:00:12:34:56"); // QEMU's default NIC address
   expect(await agent.send({ execute: "guest-get-host-name" })).toEqual({ return: { "host-name": "guest" } });
+  const { return: load } = (await agent.send({ execute: "guest-get-load" })) as { return: Record<string, number> };
+  expect(Object.keys(load).sort()).toEqual(["load1", "load15", "load5"]);
+  // The one vCPU stays online; taking it offline is refused as qemu-ga refuses it.
+  expect(await agent.send({ execute: "guest-set-vcpus", arguments: { vcpus: [{ "logical-id": 0, online: true }] } })).toEqual({ return: 1 });
+  expect(await agent.send({ execute: "guest-set-vcpus", arguments: { vcpus: [{ "logical-id": 0, online: false }] } })).toEqual({
+    error: { class: "GenericError", desc: "logical processor #0 can't be offlined" },
+  });
   agent.close();
 }, 60_000);
 
