@@ -9,6 +9,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
 import { guestSetTime } from "./time.ts";
+import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
 import {
   guestCpuStats,
@@ -124,6 +125,8 @@ export class QgaDispatcher {
         const time = (args as { time?: number }).time;
         return guestSetTime(time === undefined ? undefined : BigInt(time));
       }
+      case "guest-get-timezone":
+        return guestTimezone();
       case "guest-get-osinfo":
         return guestOsInfo();
       case "guest-get-users":

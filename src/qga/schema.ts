@@ -40,6 +40,11 @@ export const QGA_COMMANDS = {
     returns: z.strictObject({}),
     successResponse: true,
   },
+  "guest-get-timezone": {
+    args: z.strictObject({}),
+    returns: z.strictObject({ zone: z.string().optional(), offset: int.describe("Seconds east of UTC") }),
+    successResponse: true,
+  },
   "guest-get-osinfo": {
     args: z.strictObject({}),
     returns: z.strictObject({

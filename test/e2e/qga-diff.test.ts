@@ -36,11 +36,13 @@ const qgaToml = (socket: string) =>
 /** What the exec and file cases may touch in our agent (qemu-ga may touch anything). */
 const EXEC_TOML = `[security]\nenable_exec = true\nallowed_commands = ["/bin/sh", "/bin/cat", "/bin/sleep", "/bin/true"]\nallowed_file_paths = [${JSON.stringify(dir)}]\n`;
 
-function spawnQemuGa(socket: string, state: string, ...extra: string[]) {
+/** Both agents of a pair get the same variables, passed explicitly (Bun.spawn ignores later process.env changes). */
+function spawnQemuGa(socket: string, state: string, env: Record<string, string>, ...extra: string[]) {
   mkdirSync(state, { recursive: true });
   return Bun.spawn([QEMU_GA, "-m", "unix-listen", "-p", socket, "-t", state, "-f", join(state, "qemu-ga.pid"), "-l", join(state, "qemu-ga.log"), ...extra], {
     stdout: "ignore",
     stderr: "ignore",
+    env: { ...process.env, ...env },
   });
 }
 
@@ -57,21 +59,16 @@ VARIANT_ID=unit-test
 beforeAll(async () => {
   const osRelease = join(dir, "os-release");
   writeFileSync(osRelease, OS_RELEASE_FIXTURE);
-  // Both spawns inherit it; restored at once so later test files do not.
-  process.env.QGA_OS_RELEASE = osRelease;
-  try {
-    [ours, oursNoExec, oursBlocked] = await Promise.all([
-      startAgentProcess({ extraToml: qgaToml(oursSocket) + EXEC_TOML }),
-      startAgentProcess({ extraToml: qgaToml(oursNoExecSocket) }),
-      startAgentProcess({ extraToml: `${qgaToml(oursBlockedSocket)}block_rpcs = ${JSON.stringify(BLOCKED)}\n` }),
-    ]);
-    if (haveQemuGa) {
-      theirs = spawnQemuGa(theirsSocket, join(dir, "qga-state"));
-      theirsNoExec = spawnQemuGa(theirsNoExecSocket, join(dir, "qga-state-no-exec"), "-b", "guest-exec,guest-exec-status");
-      theirsBlocked = spawnQemuGa(theirsBlockedSocket, join(dir, "qga-state-blocked"), "-b", BLOCKED.join(","));
-    }
-  } finally {
-    delete process.env.QGA_OS_RELEASE;
+  const env = { QGA_OS_RELEASE: osRelease };
+  [ours, oursNoExec, oursBlocked] = await Promise.all([
+    startAgentProcess({ extraToml: qgaToml(oursSocket) + EXEC_TOML, env }),
+    startAgentProcess({ extraToml: qgaToml(oursNoExecSocket), env }),
+    startAgentProcess({ extraToml: `${qgaToml(oursBlockedSocket)}block_rpcs = ${JSON.stringify(BLOCKED)}\n`, env }),
+  ]);
+  if (haveQemuGa) {
+    theirs = spawnQemuGa(theirsSocket, join(dir, "qga-state"), env);
+    theirsNoExec = spawnQemuGa(theirsNoExecSocket, join(dir, "qga-state-no-exec"), env, "-b", "guest-exec,guest-exec-status");
+    theirsBlocked = spawnQemuGa(theirsBlockedSocket, join(dir, "qga-state-blocked"), env, "-b", BLOCKED.join(","));
   }
   const deadline = Date.now() + 10_000;
   const ourSockets = [oursSocket, oursNoExecSocket, oursBlockedSocket];
@@ -186,6 +183,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-host-name",
       "guest-get-time",
       "guest-set-time",
+      "guest-get-timezone",
       "guest-get-osinfo",
       "guest-get-users",
       "guest-get-vcpus",
@@ -336,6 +334,11 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     expect(mine).toContain('"name": "lo"');
   });
 
+  test("both agents really read the os-release fixture (QGA_OS_RELEASE reached them)", async () => {
+    const [line] = await exchange(oursSocket, '{"execute":"guest-get-osinfo"}', 1);
+    expect(JSON.parse(line!).return).toMatchObject({ id: "qemu-ga-test", name: "QEMU-GA", "variant-id": "unit-test", variant: "Unit test \"'$`\\ and \\\\ etc." });
+  });
+
   test("guest-get-cpustats and guest-get-diskstats: the same entries and fields in the same order", async () => {
     // Counters move between the two calls; every number is masked, names, keys and order must match.
     const masked = (line: string) => line.replace(/(": )\d+/g, "$1N");
@@ -366,6 +369,29 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     const [[mine], [reference]] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
     const withoutSerial = (line: string) => (reference!.includes('"serial"') ? line : line.replace(/"serial": "[^"]*", /g, ""));
     expect(withoutSerial(mine!)).toBe(reference!);
+  });
+
+  test("guest-get-timezone, in UTC and with both agents started under TZ=Europe/Berlin and America/New_York", async () => {
+    const request = '{"execute":"guest-get-timezone"}';
+    const [mine, reference] = await Promise.all([exchange(oursSocket, request, 1), exchange(theirsSocket, request, 1)]);
+    expect(mine).toEqual(reference);
+    for (const tz of ["Europe/Berlin", "America/New_York"]) {
+      const zoneDir = join(dir, `tz-${tz.replace("/", "-")}`);
+      const oursTz = join(zoneDir, "ours.sock");
+      const theirsTz = join(zoneDir, "theirs.sock");
+      mkdirSync(zoneDir, { recursive: true });
+      const agent = await startAgentProcess({ extraToml: qgaToml(oursTz), env: { TZ: tz } });
+      const reference = spawnQemuGa(theirsTz, join(zoneDir, "state"), { TZ: tz });
+      try {
+        while (!existsSync(oursTz) || !existsSync(theirsTz)) await Bun.sleep(20);
+        const [zoneMine, zoneTheirs] = await Promise.all([exchange(oursTz, request, 1), exchange(theirsTz, request, 1)]);
+        expect(zoneMine).toEqual(zoneTheirs);
+        expect(zoneMine[0]).toMatch(/"zone": "(CET|CEST|EST|EDT)"/);
+      } finally {
+        await agent.stop();
+        await terminate(reference as never);
+      }
+    }
   });
 
   test("guest-get-time: nanoseconds since the epoch, the same clock as qemu-ga's", async () => {

@@ -224,7 +224,11 @@ export async function terminate(proc: Subprocess, graceMs = 3_000): Promise<numb
  * Start the compiled agent on `--transport unix-listen --path <tmp>/agent.sock`
  * and wait until it answers a ping.
  */
-export async function startAgentProcess(options: ConfigOptions & { startTimeoutMs?: number } = {}): Promise<AgentProcess> {
+/**
+ * `env` adds variables for the agent. (Bun.spawn passes the environment this
+ * process started with, not later changes to process.env: set them here.)
+ */
+export async function startAgentProcess(options: ConfigOptions & { startTimeoutMs?: number; env?: Record<string, string> } = {}): Promise<AgentProcess> {
   const binary = await ensureBinary();
   const dir = makeTempDir();
   const configPath = writeConfig(dir, options);
@@ -234,6 +238,7 @@ export async function startAgentProcess(options: ConfigOptions & { startTimeoutM
     stdin: "ignore",
     stdout: "ignore",
     stderr: "pipe",
+    env: { ...process.env, ...options.env },
   });
   const stderr = collectText(proc.stderr);
   const agent: AgentProcess = {
