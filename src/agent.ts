@@ -30,18 +30,21 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   const stop = (reason: string) =>
     (stopping ??= (async () => {
       logger.info("stopping", { reason });
-      await transport.close();
+      await transport?.close();
       await qgaTransport?.close();
       services.exec.killAll();
       services.files.close();
       qgaFiles?.closeAll();
       await audit.close();
     })());
-  const transport = createTransport(config.transport, logger, () => void stop("stdin closed").then(() => process.exit(0)));
-  await transport.start((connection) => {
-    logger.debug("host connected", { transport: connection.transport });
-    return new RpcSession(connection, dispatcher, config.limits, logger);
-  });
+  let transport: Transport | null = null;
+  if (config.transport.enabled) {
+    transport = createTransport(config.transport, logger, () => void stop("stdin closed").then(() => process.exit(0)));
+    await transport.start((connection) => {
+      logger.debug("host connected", { transport: connection.transport });
+      return new RpcSession(connection, dispatcher, config.limits, logger);
+    });
+  }
   // The QEMU guest agent protocol, on its own port, for libvirt and friends.
   let qgaTransport: Transport | null = null;
   let qgaFiles: QgaFiles | null = null;
@@ -71,7 +74,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
   }
   logger.info("agent started", {
     version: AGENT_VERSION,
-    transport: transport.name,
+    transport: transport?.name ?? "off",
     qga: qgaTransport ? `${config.qga.type} ${config.qga.type === "vsock-listen" ? config.qga.vsock_port : config.qga.path}` : "off",
     audit: auditFile || "off",
   });

@@ -4,10 +4,13 @@
  * `kvm-manager-agent [--transport ...]` runs the agent; a first word that is a
  * verb (`call`, `methods`, a method name) runs a host command instead.
  */
+import { spawn } from "node:child_process";
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { stringify as toToml } from "smol-toml";
 import { startAgent } from "./agent.ts";
 import { applyArgs, parseAgentArgs, UsageError, type AgentArgs } from "./cli/agent-args.ts";
 import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.ts";
+import { dumpQemuGaConf, invokedAsQemuGa, parseQemuGaArgs, QEMU_GA_USAGE, qemuGaConfig } from "./cli/qemu-ga.ts";
 import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
@@ -30,6 +33,7 @@ const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agen
 `;
 
 async function main(argv: string[]): Promise<number> {
+  if (invokedAsQemuGa(process.argv0)) return runAsQemuGa(argv);
   const verb = argv[0];
   if (verb !== undefined && !verb.startsWith("-")) {
     if (verb === "methods") {
@@ -69,6 +73,67 @@ async function runAgent(args: AgentArgs): Promise<number> {
     process.on(signal, () => void agent.stop(signal).then(() => process.exit(0)));
   }
   return new Promise<number>(() => {}); // Serve until a signal or the end of stdin.
+}
+
+/** Invoked as qemu-ga: its flags, its config file, its messages and exit codes. */
+async function runAsQemuGa(argv: string[]): Promise<number> {
+  let options;
+  let config;
+  try {
+    options = parseQemuGaArgs(argv);
+    if (options.help) {
+      console.log(QEMU_GA_USAGE);
+      return 0;
+    }
+    if (options.version) {
+      console.log(`QEMU Guest Agent ${AGENT_VERSION} (kvm-manager-agent)`);
+      return 0;
+    }
+    if (options.dumpConf) {
+      process.stdout.write(dumpQemuGaConf(options));
+      return 0;
+    }
+    config = qemuGaConfig(options);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`qemu-ga: ${error.message}\nUnknown option, try 'qemu-ga --help' for more information.`);
+    return 1;
+  }
+  if (options.daemon) {
+    // A daemon as qemu-ga -d makes one: the same command without -d, detached; this process returns at once.
+    const child = spawn(process.execPath, argv.filter((arg) => arg !== "-d" && arg !== "--daemonize"), { argv0: process.argv0, detached: true, stdio: "ignore" });
+    child.unref();
+    return 0;
+  }
+  if (existsSync(options.pidfile)) {
+    const pid = Number(readFileSync(options.pidfile, "utf8").trim());
+    if (pid > 0 && pid !== process.pid && processAlive(pid)) {
+      console.error(`qemu-ga: pidfile ${options.pidfile} names a running agent (pid ${pid})`);
+      return 1;
+    }
+  }
+  const logfile = options.logfile;
+  const logger = createLogger(config.logging.level, "text", logfile ? (line) => appendFileSync(logfile, line) : undefined);
+  const agent = await startAgent(config, logger);
+  writeFileSync(options.pidfile, `${process.pid}\n`);
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () =>
+      void agent.stop(signal).then(() => {
+        rmSync(options.pidfile, { force: true });
+        process.exit(0);
+      }),
+    );
+  }
+  return new Promise<number>(() => {});
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
+  }
 }
 
 try {

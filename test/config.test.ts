@@ -23,7 +23,7 @@ describe("config file", () => {
   test("an empty file means the seed's safe defaults", () => {
     const config = parseConfigText("", FILE);
     expect(config.security).toEqual({ enable_exec: false, allowed_commands: [], enable_file_copy: true, allowed_file_paths: ["/tmp", "/var/tmp"] });
-    expect(config.transport).toEqual({ type: "virtio-serial", path: "/dev/virtio-ports/org.kvmmanager.agent.0", vsock_port: 9100 });
+    expect(config.transport).toEqual({ enabled: true, type: "virtio-serial", path: "/dev/virtio-ports/org.kvmmanager.agent.0", vsock_port: 9100 });
     expect(config.limits.max_frame_bytes).toBe(16 * 1024 * 1024);
   });
 
@@ -84,7 +84,7 @@ describe("command line", () => {
   test("flags override the file", () => {
     const args = parseAgentArgs(["--transport", "unix-listen", "--path", "/tmp/a.sock", "--log-level", "debug"]);
     const config = applyArgs(defaultConfig(), args);
-    expect(config.transport).toEqual({ type: "unix-listen", path: "/tmp/a.sock", vsock_port: 9100 });
+    expect(config.transport).toEqual({ enabled: true, type: "unix-listen", path: "/tmp/a.sock", vsock_port: 9100 });
     expect(config.logging.level).toBe("debug");
     expect(config.security).toEqual(defaultConfig().security);
   });

@@ -76,6 +76,7 @@ export function applyArgs(config: AgentConfig, args: AgentArgs): AgentConfig {
   return {
     ...config,
     transport: {
+      ...config.transport,
       type: args.transport ?? config.transport.type,
       path: args.path ?? config.transport.path,
       vsock_port: args.vsockPort ?? config.transport.vsock_port,

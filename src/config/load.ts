@@ -1,6 +1,6 @@
 import { parse as parseToml, TomlError } from "smol-toml";
 import { z } from "zod";
-import { configSchema, type AgentConfig } from "./schema.ts";
+import { configSchema, servesSomething, type AgentConfig } from "./schema.ts";
 
 /** Start-up stops with this; the message names the file and the key. */
 export class ConfigError extends Error {
@@ -36,6 +36,7 @@ export function parseConfigText(text: string, path: string): AgentConfig {
   }
   const parsed = configSchema.safeParse(raw);
   if (!parsed.success) throw new ConfigError(`${path}: ${describeConfigIssues(parsed.error)}`);
+  if (!servesSomething(parsed.data)) throw new ConfigError(`${path}: [transport] enabled and [qga] enabled are both false: the agent would serve nothing`);
   return parsed.data;
 }
 

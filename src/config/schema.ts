@@ -39,6 +39,7 @@ const absolutePath = z.string().min(1).refine((p) => /^(\/|[A-Za-z]:\\)/.test(p)
 export const configSchema = z.strictObject({
   transport: z
     .strictObject({
+      enabled: z.boolean().default(true).describe("Serve the native protocol (the QGA port has its own switch in [qga])"),
       type: z.enum(TRANSPORT_TYPES).default("virtio-serial"),
       path: z.string().min(1).default(DEFAULT_VIRTIO_PORT).describe("Device path (virtio-serial) or socket path (unix-listen)"),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_VSOCK_PORT),
@@ -94,6 +95,9 @@ export const configSchema = z.strictObject({
 });
 
 export type AgentConfig = z.output<typeof configSchema>;
+
+/** An agent that serves nothing is a config mistake, not a choice. */
+export const servesSomething = (config: AgentConfig) => config.transport.enabled || config.qga.enabled;
 
 export function defaultConfig(): AgentConfig {
   return configSchema.parse({});
