@@ -8,7 +8,7 @@ import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec, type GuestExecArgs } from "./exec.ts";
-import { guestSetTime } from "./time.ts";
+import { guestSetTime, UNSUPPORTED } from "./time.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
 import {
@@ -63,7 +63,12 @@ export interface QgaDispatcherDeps {
   /** [qga] block_rpcs / allow_rpcs. */
   blockRpcs: readonly string[];
   allowRpcs: readonly string[];
+  /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
+  platform?: NodeJS.Platform;
 }
+
+/** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */
+const PORTABLE = new Set<QgaCommandName>(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
 
 export class QgaDispatcher {
   private readonly exec: QgaExec;
@@ -98,6 +103,7 @@ export class QgaDispatcher {
       if (typeof args !== "object" || args === null || Array.isArray(args)) throw genericError("QMP input member 'arguments' must be an object");
       if (!isQgaCommand(command)) throw new QgaError("CommandNotFound", `The command ${command} has not been found`);
       if (!this.isEnabled(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
+      if ((this.deps.platform ?? process.platform) === "win32" && !PORTABLE.has(command)) throw genericError(UNSUPPORTED);
       const result = await this.run(command, args);
       this.audit(command, id, transport, started);
       if (!QGA_COMMANDS[command].successResponse) return null;
