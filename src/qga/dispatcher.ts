@@ -7,7 +7,7 @@ import os from "node:os";
 import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
-import { QgaExec, type GuestExecArgs } from "./exec.ts";
+import { QgaExec } from "./exec.ts";
 import { guestSetTime, UNSUPPORTED } from "./time.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
@@ -30,7 +30,7 @@ import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
 import { qmpStringify } from "./json.ts";
-import { isQgaCommand, QGA_COMMAND_NAMES, QGA_COMMANDS, qapiTypeName, type QgaCommandName } from "./schema.ts";
+import { isQgaCommand, QGA_COMMAND_NAMES, QGA_COMMANDS, qapiTypeName, type QgaArgs, type QgaCommandName } from "./schema.ts";
 
 /** A reply line (without its newline), whether a 0xFF goes before it, or nothing for a no-reply command. */
 export interface QgaReply {
@@ -116,11 +116,13 @@ export class QgaDispatcher {
   }
 
   private async run(command: QgaCommandName, rawArgs: object): Promise<unknown> {
-    const args = parseArgs(QGA_COMMANDS[command].args, rawArgs);
+    const parsed = parseArgs(QGA_COMMANDS[command].args, rawArgs);
+    /** The validated arguments of the command at hand, typed from its schema. */
+    const args = <C extends QgaCommandName>(_command: C) => parsed as QgaArgs<C>;
     switch (command) {
       case "guest-sync-delimited":
       case "guest-sync":
-        return (args as { id: number }).id;
+        return args(command).id;
       case "guest-ping":
         return {};
       case "guest-get-host-name":
@@ -128,7 +130,7 @@ export class QgaDispatcher {
       case "guest-get-time":
         return guestTime();
       case "guest-set-time": {
-        const time = (args as { time?: number }).time;
+        const time = args(command).time;
         return guestSetTime(time === undefined ? undefined : BigInt(time));
       }
       case "guest-get-timezone":
@@ -140,7 +142,7 @@ export class QgaDispatcher {
       case "guest-get-vcpus":
         return guestVcpus();
       case "guest-set-vcpus":
-        return guestSetVcpus((args as { vcpus: { "logical-id": number; online: boolean }[] }).vcpus);
+        return guestSetVcpus(args(command).vcpus);
       case "guest-get-load":
         return guestLoad();
       case "guest-network-get-interfaces":
@@ -158,38 +160,38 @@ export class QgaDispatcher {
       case "guest-get-memory-block-info":
         return guestMemoryBlockInfo();
       case "guest-set-memory-blocks":
-        return guestSetMemoryBlocks((args as { "mem-blks": { "phys-index": number; online: boolean }[] })["mem-blks"]);
+        return guestSetMemoryBlocks(args(command)["mem-blks"]);
       case "guest-file-open": {
-        const { path, mode } = args as { path: string; mode?: string };
+        const { path, mode } = args(command);
         return this.deps.files.open(path, mode);
       }
       case "guest-file-close":
-        return this.deps.files.close((args as { handle: number }).handle);
+        return this.deps.files.close(args(command).handle);
       case "guest-file-read": {
-        const { handle, count } = args as { handle: number; count?: number };
+        const { handle, count } = args(command);
         return this.deps.files.read(handle, count);
       }
       case "guest-file-write": {
-        const { handle, "buf-b64": data, count } = args as { handle: number; "buf-b64": string; count?: number };
+        const { handle, "buf-b64": data, count } = args(command);
         return this.deps.files.write(handle, data, count);
       }
       case "guest-file-seek": {
-        const { handle, offset, whence } = args as { handle: number; offset: number; whence: number | "set" | "cur" | "end" };
+        const { handle, offset, whence } = args(command);
         return this.deps.files.seek(handle, offset, whence);
       }
       case "guest-file-flush":
-        return this.deps.files.flush((args as { handle: number }).handle);
+        return this.deps.files.flush(args(command).handle);
       case "guest-shutdown": {
-        const mode = (args as { mode?: string }).mode ?? "powerdown";
+        const mode = args(command).mode ?? "powerdown";
         const action = SHUTDOWN_MODES.get(mode);
         if (!action) throw genericError("mode is invalid (valid values are: halt|powerdown|reboot"); // sic: qemu-ga's text
         await this.deps.power.request(action, { confirm: true, force: false, delay_seconds: 0, message: "hypervisor initiated shutdown" });
         return {};
       }
       case "guest-exec":
-        return this.exec.start(args as GuestExecArgs);
+        return this.exec.start(args(command));
       case "guest-exec-status":
-        return this.exec.status((args as { pid: number }).pid);
+        return this.exec.status(args(command).pid);
       case "guest-info":
         return {
           version: AGENT_VERSION,

@@ -8,18 +8,11 @@
 import { constants } from "node:os";
 import type { ExecService } from "../services.ts";
 import { genericError } from "./errors.ts";
+import type { QgaArgs } from "./schema.ts";
 
 interface Started {
   handle: string;
   capture: boolean;
-}
-
-export interface GuestExecArgs {
-  path: string;
-  arg?: string[];
-  env?: string[];
-  "input-data"?: string;
-  "capture-output"?: boolean;
 }
 
 export class QgaExec {
@@ -31,7 +24,7 @@ export class QgaExec {
     private readonly maxRemembered: number,
   ) {}
 
-  async start(args: GuestExecArgs): Promise<{ pid: number }> {
+  async start(args: QgaArgs<"guest-exec">): Promise<{ pid: number }> {
     const env: Record<string, string> = {};
     for (const entry of args.env ?? []) {
       const eq = entry.indexOf("=");

@@ -234,6 +234,8 @@ export const QGA_COMMANDS = {
 } as const;
 
 export type QgaCommandName = keyof typeof QGA_COMMANDS;
+/** A command's arguments after validation, typed from its schema. */
+export type QgaArgs<C extends QgaCommandName> = z.output<(typeof QGA_COMMANDS)[C]["args"]>;
 export const QGA_COMMAND_NAMES = Object.keys(QGA_COMMANDS) as QgaCommandName[];
 
 export function isQgaCommand(name: string): name is QgaCommandName {
