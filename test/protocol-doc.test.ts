@@ -4,6 +4,7 @@ import { z } from "zod";
 import { renderProtocolDoc } from "../src/docs/protocol-doc.ts";
 import { APPLICATION_ERRORS, JSONRPC_ERRORS } from "../src/protocol/errors.ts";
 import { METHOD_NAMES, METHODS, NOTIFICATIONS } from "../src/schema/methods.ts";
+import { QGA_COMMAND_NAMES } from "../src/qga/schema.ts";
 
 test("docs/protocol.md is what the schemas generate (run `npm run docs` after changing a schema)", async () => {
   const onDisk = await Bun.file(join(import.meta.dir, "../docs/protocol.md")).text();
@@ -38,4 +39,11 @@ test("application error codes stay inside -32000..-32099 and are unique", () => 
   const codes = Object.values(APPLICATION_ERRORS).map((e) => e.code);
   expect(new Set(codes).size).toBe(codes.length);
   for (const code of codes) expect(code <= -32000 && code >= -32099).toBe(true);
+});
+
+test("the README lists every QGA command the agent serves, and no other", async () => {
+  const readme = await Bun.file(join(import.meta.dir, "../README.md")).text();
+  const served = readme.slice(readme.indexOf("Served so far:"), readme.indexOf("Other commands answer"));
+  const listed = [...served.matchAll(/`(guest-[a-z-]+)`/g)].map((match) => match[1]);
+  expect(listed.sort()).toEqual([...QGA_COMMAND_NAMES].sort());
 });

@@ -9,6 +9,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec } from "./exec.ts";
 import { guestSetTime, UNSUPPORTED } from "./time.ts";
+import { QgaSshKeys } from "./ssh.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
 import {
@@ -65,6 +66,8 @@ export interface QgaDispatcherDeps {
   allowRpcs: readonly string[];
   /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
   platform?: NodeJS.Platform;
+  /** Whose ~/.ssh the guest-ssh-* commands edit; tests point it at a scratch home. */
+  sshKeys?: QgaSshKeys;
 }
 
 /** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */
@@ -72,9 +75,11 @@ const PORTABLE = new Set<QgaCommandName>(["guest-sync-delimited", "guest-sync", 
 
 export class QgaDispatcher {
   private readonly exec: QgaExec;
+  private readonly sshKeys: QgaSshKeys;
 
   constructor(private readonly deps: QgaDispatcherDeps) {
     this.exec = new QgaExec(deps.exec, deps.execRecordsMax);
+    this.sshKeys = deps.sshKeys ?? new QgaSshKeys();
   }
 
   /** The security policy first, then the config's block or allow list (which can switch off even guest-sync, as qemu-ga's). */
@@ -192,6 +197,16 @@ export class QgaDispatcher {
         return this.exec.start(args(command));
       case "guest-exec-status":
         return this.exec.status(args(command).pid);
+      case "guest-ssh-get-authorized-keys":
+        return this.sshKeys.get(args(command).username);
+      case "guest-ssh-add-authorized-keys": {
+        const { username, keys, reset } = args(command);
+        return this.sshKeys.add(username, keys, reset ?? false);
+      }
+      case "guest-ssh-remove-authorized-keys": {
+        const { username, keys } = args(command);
+        return this.sshKeys.remove(username, keys);
+      }
       case "guest-info":
         return {
           version: AGENT_VERSION,

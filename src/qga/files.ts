@@ -8,10 +8,9 @@
  */
 import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { errnoOf } from "../files/fsx.ts";
 import type { PathPolicy } from "../files/paths.ts";
 import { RpcError } from "../protocol/errors.ts";
-import { genericError } from "./errors.ts";
+import { genericError, STRERROR, strerror } from "./errors.ts";
 
 const FIRST_HANDLE = 1000;
 /** qemu-ga's default and ceiling for guest-file-read. */
@@ -40,25 +39,6 @@ const MODES: Record<string, { flags: number; create: boolean; append: boolean }>
   define(["a+", "ab+", "a+b"], O_RDWR | O_CREAT | O_APPEND, true, true);
   return table;
 })();
-
-/** strerror(3) wording, as qemu-ga's messages carry it. */
-const STRERROR: Record<string, string> = {
-  ENOENT: "No such file or directory",
-  EACCES: "Permission denied",
-  EISDIR: "Is a directory",
-  ENOTDIR: "Not a directory",
-  EEXIST: "File exists",
-  ELOOP: "Too many levels of symbolic links",
-  EBADF: "Bad file descriptor",
-  ENOSPC: "No space left on device",
-  EROFS: "Read-only file system",
-  EINVAL: "Invalid argument",
-};
-
-function strerror(error: unknown): string {
-  const code = errnoOf(error);
-  return (code && STRERROR[code]) ?? (error as Error).message;
-}
 
 /** A policy refusal keeps its own words; an OS error (a missing parent, ...) reads as strerror, as qemu-ga's does. */
 function reasonOf(error: unknown): string {

@@ -223,6 +223,21 @@ export const QGA_COMMANDS = {
     returns: z.strictObject({}),
     successResponse: true,
   },
+  "guest-ssh-get-authorized-keys": {
+    args: z.strictObject({ username: z.string() }),
+    returns: z.strictObject({ keys: z.array(z.string()) }),
+    successResponse: true,
+  },
+  "guest-ssh-add-authorized-keys": {
+    args: z.strictObject({ username: z.string(), keys: z.array(z.string()), reset: z.boolean().optional() }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
+  "guest-ssh-remove-authorized-keys": {
+    args: z.strictObject({ username: z.string(), keys: z.array(z.string()) }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
   "guest-info": {
     args: z.strictObject({}),
     returns: z.strictObject({

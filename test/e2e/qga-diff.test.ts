@@ -152,6 +152,17 @@ const CASES: [string, string | number[], number][] = [
   ["guest-shutdown with an invalid mode", '{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}', 1],
   ["guest-shutdown with a prototype name for a mode", '{"execute":"guest-shutdown","arguments":{"mode":"toString"}}', 1],
   ["guest-shutdown with an unexpected parameter", '{"execute":"guest-shutdown","arguments":{"delay":5}}', 1],
+  // Never an existing user's keys on this machine: a user that does not exist, and nobody (home /nonexistent).
+  ["ssh keys of a user that does not exist", '{"execute":"guest-ssh-get-authorized-keys","arguments":{"username":"kma-no-such-user"}}', 1],
+  ["ssh keys of an empty user name", '{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"","keys":[]}}', 1],
+  ["ssh keys of a user whose home does not exist", '{"execute":"guest-ssh-get-authorized-keys","arguments":{"username":"nobody"}}', 1],
+  ["ssh keys added where ~/.ssh cannot be made", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":["ssh-ed25519 AAAA k"]}}', 1],
+  ["ssh keys removed from a file that does not exist", '{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"nobody","keys":["ssh-ed25519 AAAA k"]}}', 1],
+  ["an ssh key that is a comment", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":["ok key","# no"]}}', 1],
+  ["an ssh key with a newline", '{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"nobody","keys":["a\\nb"]}}', 1],
+  ["an ssh key that is not a string", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":["a",3]}}', 1],
+  ["ssh reset that is not a boolean", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":[],"reset":1}}', 1],
+  ["ssh keys without a user name", '{"execute":"guest-ssh-get-authorized-keys","arguments":{}}', 1],
 ];
 
 describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
@@ -206,6 +217,9 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-file-write",
       "guest-file-seek",
       "guest-file-flush",
+      "guest-ssh-get-authorized-keys",
+      "guest-ssh-add-authorized-keys",
+      "guest-ssh-remove-authorized-keys",
       "guest-info",
     ]);
   });

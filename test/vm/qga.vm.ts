@@ -198,3 +198,28 @@ test("guest-get-fsinfo shows the guest's virtio disk once it holds a filesystem"
   expect(data.disk[0]["pci-controller"]).toMatchObject({ domain: 0, bus: 0 });
   agent.close();
 }, 60_000);
+
+test("guest-ssh-*-authorized-keys edit root's ~/.ssh in the guest as sshd needs it", async () => {
+  const agent = await libvirtSync(51);
+  const keyA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host-a";
+  const keyB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB host-b";
+  expect(await agent.send({ execute: "guest-ssh-add-authorized-keys", arguments: { username: "root", keys: [keyA, keyB] } })).toEqual({ return: {} });
+  expect(await agent.send({ execute: "guest-ssh-add-authorized-keys", arguments: { username: "root", keys: [keyA] } })).toEqual({ return: {} });
+  expect(await agent.send({ execute: "guest-ssh-get-authorized-keys", arguments: { username: "root" } })).toEqual({ return: { keys: [keyB, keyA] } });
+
+  const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
+  await native.waitReady({ timeoutMs: 30_000 });
+  const listing = await native.exec({ command: "sh", args: ["-c", "stat -c '%a %u %n' /root/.ssh /root/.ssh/authorized_keys && ls -A /root/.ssh"] }, { timeoutMs: 30_000 });
+  expect(Buffer.from(listing.stdout_base64, "base64").toString()).toBe("700 0 /root/.ssh\n600 0 /root/.ssh/authorized_keys\nauthorized_keys\n");
+
+  expect(await agent.send({ execute: "guest-ssh-remove-authorized-keys", arguments: { username: "root", keys: [keyA] } })).toEqual({ return: {} });
+  expect(await agent.send({ execute: "guest-ssh-get-authorized-keys", arguments: { username: "root" } })).toEqual({ return: { keys: [keyB] } });
+  const file = await native.exec({ command: "cat", args: ["/root/.ssh/authorized_keys"] }, { timeoutMs: 30_000 });
+  expect(Buffer.from(file.stdout_base64, "base64").toString()).toBe(keyB);
+  native.close();
+
+  expect(await agent.send({ execute: "guest-ssh-get-authorized-keys", arguments: { username: "nobody" } })).toEqual({
+    error: { class: "GenericError", desc: "failed to lookup user 'nobody': Success" },
+  });
+  agent.close();
+}, 60_000);

@@ -1,0 +1,170 @@
+/**
+ * guest-ssh-get/add/remove-authorized-keys: a user's ~/.ssh/authorized_keys
+ * edited as qemu-ga edits it (qga/commands-posix-ssh.c) — lines split on
+ * "\n" and joined back without a trailing newline, keys never duplicated,
+ * get listing the non-comment lines last-first — so KubeVirt's and
+ * OpenStack's key propagation sees the same file and the same answers.
+ *
+ * Safer than qemu-ga where a user could turn root's write against the
+ * system: ~/.ssh must be a real directory (a symlink is refused, not
+ * followed), authorized_keys is read without following a symlink, and the
+ * new file is written beside it, owned by the user and mode 0600 before it
+ * is renamed over the old one — never half-written, never root-owned.
+ */
+import { chmodSync, chownSync, closeSync, constants, fchmodSync, fchownSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { errnoOf } from "../files/fsx.ts";
+import { genericError, strerror } from "./errors.ts";
+
+export interface PasswdEntry {
+  uid: number;
+  gid: number;
+  home: string;
+}
+
+/** /etc/passwd first; then getent, for users that come from LDAP or sssd. */
+export function lookupPasswd(username: string): PasswdEntry | null {
+  const fromLine = (line: string) => {
+    const [name, , uid, gid, , home] = line.split(":");
+    return name === username && home !== undefined ? { uid: Number(uid), gid: Number(gid), home } : null;
+  };
+  if (username === "" || username.includes(":") || username.includes("\n")) return null;
+  try {
+    for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
+      const entry = fromLine(line);
+      if (entry) return entry;
+    }
+  } catch {
+    // No /etc/passwd: getent may still know the user.
+  }
+  if (!Bun.which("getent")) return null;
+  const getent = Bun.spawnSync(["getent", "passwd", "--", username], { stdout: "pipe", stderr: "ignore" });
+  return getent.exitCode === 0 ? fromLine(getent.stdout.toString().trim()) : null;
+}
+
+export class QgaSshKeys {
+  constructor(private readonly lookup: (username: string) => PasswdEntry | null = lookupPasswd) {}
+
+  get(username: string): { keys: string[] } {
+    const user = this.user(username);
+    const lines = readAuthorizedKeys(keysPath(user));
+    const keys = lines.map((line) => line.trim()).filter((line) => line !== "" && !line.startsWith("#"));
+    return { keys: keys.reverse() }; // qemu-ga prepends each key to its list
+  }
+
+  add(username: string, keys: string[], reset: boolean): Record<string, never> {
+    checkKeys(keys);
+    const user = this.user(username);
+    const sshDir = join(user.home, ".ssh");
+    let lines: string[] | null = null;
+    if (!reset) {
+      try {
+        lines = readAuthorizedKeys(keysPath(user));
+      } catch {
+        lines = null; // as qemu-ga: an unreadable file is started afresh
+      }
+    }
+    if (lines === null) ensureSshDir(sshDir, user);
+    const merged = lines ?? [];
+    for (const key of keys) if (!merged.includes(key)) merged.push(key);
+    writeAuthorizedKeys(sshDir, merged, user);
+    return {};
+  }
+
+  remove(username: string, keys: string[]): Record<string, never> {
+    checkKeys(keys);
+    const user = this.user(username);
+    const path = keysPath(user);
+    if (!exists(path)) return {};
+    const lines = readAuthorizedKeys(path);
+    writeAuthorizedKeys(join(user.home, ".ssh"), lines.filter((line) => !keys.includes(line)), user);
+    return {};
+  }
+
+  private user(username: string): PasswdEntry {
+    const user = this.lookup(username);
+    // qemu-ga's words, errno and all: glib leaves errno 0 for a user that does not exist.
+    if (!user) throw genericError(`failed to lookup user '${username}': Success`);
+    return user;
+  }
+}
+
+const keysPath = (user: PasswdEntry) => join(user.home, ".ssh", "authorized_keys");
+
+function checkKeys(keys: string[]): void {
+  for (const key of keys) {
+    if (key.startsWith("#") || key.includes("\n")) throw genericError(`invalid OpenSSH public key: '${key}'`);
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function readAuthorizedKeys(path: string): string[] {
+  let fd: number;
+  try {
+    if (lstatSync(dirname(path), { throwIfNoEntry: false })?.isSymbolicLink()) throw Object.assign(new Error("symlink"), { code: "ELOOP" });
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    throw genericError(`failed to read '${path}': Failed to open file \u201c${path}\u201d: ${strerror(error)}`);
+  }
+  try {
+    return readFileSync(fd, "utf8").split("\n");
+  } catch (error) {
+    throw genericError(`failed to read '${path}': Failed to read from file \u201c${path}\u201d: ${strerror(error)}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function ensureSshDir(path: string, user: PasswdEntry): void {
+  try {
+    const stat = lstatSync(path);
+    if (stat.isDirectory()) return;
+    throw genericError(`failed to create directory '${path}': ${stat.isSymbolicLink() ? "it is a symbolic link, which is not followed" : "File exists"}`);
+  } catch (error) {
+    if (errnoOf(error) !== "ENOENT") throw error;
+  }
+  try {
+    mkdirSync(path, { mode: 0o700 });
+  } catch (error) {
+    throw genericError(`failed to create directory '${path}': ${strerror(error)}`);
+  }
+  try {
+    chownSync(path, user.uid, user.gid);
+  } catch (error) {
+    throw genericError(`failed to set ownership of directory '${path}': ${strerror(error)}`);
+  }
+  try {
+    chmodSync(path, 0o700);
+  } catch (error) {
+    throw genericError(`failed to set permissions of directory '${path}': ${strerror(error)}`);
+  }
+}
+
+function writeAuthorizedKeys(sshDir: string, lines: string[], user: PasswdEntry): void {
+  const path = join(sshDir, "authorized_keys");
+  const stat = lstatSync(sshDir, { throwIfNoEntry: false });
+  if (stat?.isSymbolicLink()) throw genericError(`failed to write to '${path}': '${sshDir}' is a symbolic link, which is not followed`);
+  const temporary = join(sshDir, `.authorized_keys.${process.pid}.${crypto.randomUUID()}`);
+  let fd: number | null = null;
+  try {
+    fd = openSync(temporary, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    writeFileSync(fd, lines.join("\n"));
+    fchownSync(fd, user.uid, user.gid);
+    fchmodSync(fd, 0o600);
+    closeSync(fd);
+    fd = null;
+    renameSync(temporary, path);
+  } catch (error) {
+    if (fd !== null) closeSync(fd);
+    rmSync(temporary, { force: true });
+    throw genericError(`failed to write to '${path}': ${strerror(error)}`);
+  }
+}
