@@ -9,6 +9,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec } from "./exec.ts";
 import { guestSetTime, UNSUPPORTED } from "./time.ts";
+import { guestFstrim } from "./fstrim.ts";
 import { QgaSshKeys } from "./ssh.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
@@ -197,6 +198,8 @@ export class QgaDispatcher {
         return this.exec.start(args(command));
       case "guest-exec-status":
         return this.exec.status(args(command).pid);
+      case "guest-fstrim":
+        return guestFstrim(args(command).minimum);
       case "guest-ssh-get-authorized-keys":
         return this.sshKeys.get(args(command).username);
       case "guest-ssh-add-authorized-keys": {

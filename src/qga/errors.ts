@@ -28,6 +28,8 @@ export const STRERROR: Record<string, string> = {
   EROFS: "Read-only file system",
   EINVAL: "Invalid argument",
   EPERM: "Operation not permitted",
+  EIO: "Input/output error",
+  EBUSY: "Device or resource busy",
 };
 
 export function strerror(error: unknown): string {

@@ -239,7 +239,7 @@ export function guestSetMemoryBlocks(requests: { "phys-index": number; online: b
   });
 }
 
-interface MountEntry {
+export interface MountEntry {
   major: number;
   minor: number;
   mountpoint: string;
@@ -247,7 +247,7 @@ interface MountEntry {
 }
 
 /** /proc/self/mountinfo, block-backed mounts only (major 0 is a virtual filesystem), as qemu-ga lists them. */
-function blockMounts(mountinfo = "/proc/self/mountinfo"): MountEntry[] {
+export function blockMounts(mountinfo = "/proc/self/mountinfo"): MountEntry[] {
   const unescape = (text: string) => text.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
   const out: MountEntry[] = [];
   for (const line of readFileSync(mountinfo, "utf8").split("\n")) {

@@ -223,6 +223,13 @@ export const QGA_COMMANDS = {
     returns: z.strictObject({}),
     successResponse: true,
   },
+  "guest-fstrim": {
+    args: z.strictObject({ minimum: int.optional().describe("Smallest free extent worth discarding, in bytes") }),
+    returns: z.strictObject({
+      paths: z.array(z.strictObject({ path: z.string(), trimmed: int.optional(), minimum: int.optional(), error: z.string().optional() })),
+    }),
+    successResponse: true,
+  },
   "guest-ssh-get-authorized-keys": {
     args: z.strictObject({ username: z.string() }),
     returns: z.strictObject({ keys: z.array(z.string()) }),

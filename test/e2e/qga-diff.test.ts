@@ -163,6 +163,9 @@ const CASES: [string, string | number[], number][] = [
   ["an ssh key that is not a string", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":["a",3]}}', 1],
   ["ssh reset that is not a boolean", '{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":[],"reset":1}}', 1],
   ["ssh keys without a user name", '{"execute":"guest-ssh-get-authorized-keys","arguments":{}}', 1],
+  // Never a real guest-fstrim here: it would trim this machine's disks (the VM test trims a guest's).
+  ["guest-fstrim with a minimum that is not a number", '{"execute":"guest-fstrim","arguments":{"minimum":"1M"}}', 1],
+  ["guest-fstrim with an unexpected parameter", '{"execute":"guest-fstrim","arguments":{"path":"/"}}', 1],
 ];
 
 describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
@@ -217,6 +220,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-file-write",
       "guest-file-seek",
       "guest-file-flush",
+      "guest-fstrim",
       "guest-ssh-get-authorized-keys",
       "guest-ssh-add-authorized-keys",
       "guest-ssh-remove-authorized-keys",

@@ -223,3 +223,12 @@ test("guest-ssh-*-authorized-keys edit root's ~/.ssh in the guest as sshd needs 
   });
   agent.close();
 }, 60_000);
+
+test("guest-fstrim trims the guest's mounted virtio disk and reports the bytes", async () => {
+  const agent = await libvirtSync(61);
+  const { return: report } = (await agent.send({ execute: "guest-fstrim", arguments: { minimum: 4096 } })) as { return: { paths: Record<string, unknown>[] } };
+  const data = report.paths.find((entry) => entry.path === "/mnt/data")!;
+  expect(data).toMatchObject({ minimum: 4096 });
+  expect(data.trimmed).toBeGreaterThan(1024 * 1024);
+  agent.close();
+}, 60_000);

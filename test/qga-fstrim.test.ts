@@ -1,0 +1,37 @@
+/**
+ * guest-fstrim's report: one entry per mount, last-mounted first, with the
+ * bytes trimmed or the reason. FITRIM itself only ever runs here on
+ * filesystems that cannot trim (this machine's disks are never trimmed by a
+ * test); the VM test trims a real virtio disk.
+ */
+import { expect, test } from "bun:test";
+import { guestFstrim, trimMount, type TrimMount } from "../src/qga/fstrim.ts";
+
+test("every mount is reported, last-mounted first; one that fails does not stop the others", () => {
+  const seen: [string, bigint][] = [];
+  const trim: TrimMount = (path, minimum) => {
+    seen.push([path, minimum]);
+    return path === "/boot" ? { error: "trim not supported" } : { trimmed: path.length * 4096 };
+  };
+  expect(guestFstrim(65536, ["/", "/boot", "/srv/data"], trim)).toEqual({
+    paths: [
+      { path: "/srv/data", trimmed: 9 * 4096, minimum: 65536 },
+      { path: "/boot", error: "trim not supported" },
+      { path: "/", trimmed: 4096, minimum: 65536 },
+    ],
+  });
+  expect(seen).toEqual([
+    ["/", 65536n],
+    ["/boot", 65536n],
+    ["/srv/data", 65536n],
+  ]);
+});
+
+test("without a minimum every free extent counts (0), as qemu-ga passes it", () => {
+  expect(guestFstrim(undefined, ["/"], () => ({ trimmed: 0 }))).toEqual({ paths: [{ path: "/", trimmed: 0, minimum: 0 }] });
+});
+
+test("a mount that cannot be opened, and a filesystem without FITRIM, say so in qemu-ga's words", () => {
+  expect(trimMount("/kma-no-such-mount", 0n)).toEqual({ error: "failed to open: No such file or directory" });
+  expect(trimMount("/proc", 0n)).toEqual({ error: "trim not supported" });
+});
