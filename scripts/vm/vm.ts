@@ -72,8 +72,10 @@ export function newestKernel(): string {
 export async function guestImage(agentBinary: string): Promise<string> {
   mkdirSync(CACHE, { recursive: true });
   const script = join(import.meta.dir, "build-initramfs.sh");
+  // Debian's qemu-ga (the benchmark baseline) and chpasswd (guest-set-user-password), copied with their libraries.
+  const hostTools = ["/usr/sbin/qemu-ga", "/usr/sbin/chpasswd"].filter((tool) => existsSync(tool));
   const hash = createHash("sha256");
-  for (const file of [agentBinary, script]) {
+  for (const file of [agentBinary, script, ...hostTools]) {
     const st = statSync(file);
     hash.update(`${file}:${st.size}:${st.mtimeMs}\n`);
   }
@@ -91,7 +93,7 @@ export async function guestImage(agentBinary: string): Promise<string> {
       `${join(staging, "config-our-qga.toml")}:/etc/kvm-manager-agent/config-our-qga.toml`,
       `${join(staging, "run")}:/agent/run`,
     ];
-    if (existsSync("/usr/sbin/qemu-ga")) files.push("/usr/sbin/qemu-ga:/usr/sbin/qemu-ga");
+    for (const tool of hostTools) files.push(`${tool}:${tool}`);
     const build = Bun.spawnSync(["bash", script, `${out}.tmp`, ...files], { stdout: "pipe", stderr: "pipe" });
     if (build.exitCode !== 0) throw new Error(`build-initramfs.sh failed:\n${build.stderr}`);
     // Keep only the newest image: each is ~110 MB.

@@ -10,6 +10,7 @@ import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec } from "./exec.ts";
 import { guestSetTime, UNSUPPORTED } from "./time.ts";
 import { guestFstrim } from "./fstrim.ts";
+import { guestSetUserPassword } from "./password.ts";
 import { QgaSshKeys } from "./ssh.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
@@ -200,6 +201,10 @@ export class QgaDispatcher {
         return this.exec.status(args(command).pid);
       case "guest-fstrim":
         return guestFstrim(args(command).minimum);
+      case "guest-set-user-password": {
+        const { username, password, crypted } = args(command);
+        return guestSetUserPassword(username, password, crypted);
+      }
       case "guest-ssh-get-authorized-keys":
         return this.sshKeys.get(args(command).username);
       case "guest-ssh-add-authorized-keys": {

@@ -230,6 +230,11 @@ export const QGA_COMMANDS = {
     }),
     successResponse: true,
   },
+  "guest-set-user-password": {
+    args: z.strictObject({ username: z.string(), password: z.string().describe("base64"), crypted: z.boolean() }),
+    returns: z.strictObject({}),
+    successResponse: true,
+  },
   "guest-ssh-get-authorized-keys": {
     args: z.strictObject({ username: z.string() }),
     returns: z.strictObject({ keys: z.array(z.string()) }),

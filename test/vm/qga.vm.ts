@@ -232,3 +232,19 @@ test("guest-fstrim trims the guest's mounted virtio disk and reports the bytes",
   expect(data.trimmed).toBeGreaterThan(1024 * 1024);
   agent.close();
 }, 60_000);
+
+test("guest-set-user-password sets root's password in the guest through chpasswd", async () => {
+  const agent = await libvirtSync(71);
+  const hash = "$6$kmasalt$Kh1ZWvX9Rr2d5lwzJ2V8kWq0z3rPq1mZ2n4b5c6d7e8f9g0h1i2j3k4l5m6n7o8p9q0r1s2t3u4v5w6x7y8z9A0B"; // sha512-crypt shaped
+  const set = await agent.send({ execute: "guest-set-user-password", arguments: { username: "root", password: Buffer.from(hash).toString("base64"), crypted: true } });
+  expect(set).toEqual({ return: {} });
+  const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
+  await native.waitReady({ timeoutMs: 30_000 });
+  const stored = await native.exec({ command: "sh", args: ["-c", "cat /etc/shadow /etc/passwd 2>/dev/null | grep '^root:'"] }, { timeoutMs: 30_000 });
+  expect(Buffer.from(stored.stdout_base64, "base64").toString()).toContain(`root:${hash}:`);
+  native.close();
+  expect(await agent.send({ execute: "guest-set-user-password", arguments: { username: "kma-nobody", password: "cHc=", crypted: false } })).toEqual({
+    error: { class: "GenericError", desc: "child process has failed to set user password" },
+  });
+  agent.close();
+}, 60_000);
