@@ -8,7 +8,8 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { QgaError } from "../src/qga/errors.ts";
-import { decodeQemuBase64, guestSetUserPassword } from "../src/qga/password.ts";
+import { decodeQemuBase64 } from "../src/qga/base64.ts";
+import { guestSetUserPassword } from "../src/qga/password.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "kma-chpasswd-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

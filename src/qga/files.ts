@@ -10,6 +10,7 @@ import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, rea
 import { join } from "node:path";
 import type { PathPolicy } from "../files/paths.ts";
 import { RpcError } from "../protocol/errors.ts";
+import { decodeQemuBase64 } from "./base64.ts";
 import { genericError, STRERROR, strerror } from "./errors.ts";
 
 const FIRST_HANDLE = 1000;
@@ -115,7 +116,7 @@ export class QgaFiles {
 
   write(handle: number, base64: string, count?: number): { count: number; eof: boolean } {
     const file = this.get(handle);
-    const bytes = Buffer.from(base64, "base64");
+    const bytes = decodeQemuBase64(base64);
     const length = count ?? bytes.length;
     if (length < 0 || length > bytes.length) throw genericError(`value '${length}' is invalid for argument count`);
     let written: number;

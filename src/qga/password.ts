@@ -4,14 +4,8 @@
  * crypted) on its stdin — never on a command line, never logged.
  */
 import { SAFE_PATH } from "../power/power.ts";
+import { decodeQemuBase64 } from "./base64.ts";
 import { genericError } from "./errors.ts";
-
-/** qemu's qbase64_decode: only the base64 alphabet, '=' and newlines, anywhere (glib decodes the rest). */
-export function decodeQemuBase64(text: string): Buffer {
-  if (text.includes("\0")) throw genericError("Base64 data contains embedded NUL characters");
-  if (!/^[A-Za-z0-9+/=\n]*$/.test(text)) throw genericError("Base64 data contains invalid characters");
-  return Buffer.from(text, "base64");
-}
 
 export async function guestSetUserPassword(
   username: string,

@@ -209,7 +209,7 @@ export const QGA_COMMANDS = {
     successResponse: true,
   },
   "guest-file-write": {
-    args: z.strictObject({ handle: int, "buf-b64": z.base64(), count: int.optional() }),
+    args: z.strictObject({ handle: int, "buf-b64": z.string().describe("base64, checked after the handle as qemu-ga checks it"), count: int.optional() }),
     returns: z.strictObject({ count: int, eof: z.boolean() }),
     successResponse: true,
   },

@@ -302,6 +302,8 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       await call("guest-file-seek", { handle, offset: -1, whence: 2 });
       await call("guest-file-read", { handle });
       await call("guest-file-write", { handle, "buf-b64": "eA==" }); // read-only: EBADF
+      await call("guest-file-write", { handle, "buf-b64": "not base64!" });
+      await call("guest-file-write", { handle: 99999, "buf-b64": "not base64!" });
       await call("guest-file-flush", { handle });
       await call("guest-file-close", { handle });
       await call("guest-file-close", { handle });
