@@ -11,7 +11,7 @@
  * new file is written beside it, owned by the user and mode 0600 before it
  * is renamed over the old one — never half-written, never root-owned.
  */
-import { chmodSync, chownSync, closeSync, constants, fchmodSync, fchownSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, constants, fchmodSync, fchownSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { errnoOf } from "../files/fsx.ts";
 import { genericError, strerror } from "./errors.ts";
@@ -106,13 +106,33 @@ function exists(path: string): boolean {
   }
 }
 
+/**
+ * ~/.ssh opened without following a symlink; the files in it are then reached
+ * through /proc/self/fd, so a user who swaps ~/.ssh for a symlink after the
+ * check cannot send root's reads, writes or chowns anywhere else.
+ */
+function openSshDir(sshDir: string): number {
+  try {
+    return openSync(sshDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+  } catch (error) {
+    // With O_DIRECTORY the kernel reports a symlink as ENOTDIR; name it for what it is.
+    if (errnoOf(error) === "ENOTDIR" && lstatSync(sshDir, { throwIfNoEntry: false })?.isSymbolicLink()) throw Object.assign(new Error(`${sshDir} is a symlink`), { code: "ELOOP" });
+    throw error;
+  }
+}
+
+const inside = (dirFd: number, name: string) => `/proc/self/fd/${dirFd}/${name}`;
+
 function readAuthorizedKeys(path: string): string[] {
+  let dirFd: number | null = null;
   let fd: number;
   try {
-    if (lstatSync(dirname(path), { throwIfNoEntry: false })?.isSymbolicLink()) throw Object.assign(new Error("symlink"), { code: "ELOOP" });
-    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    dirFd = openSshDir(dirname(path));
+    fd = openSync(inside(dirFd, "authorized_keys"), constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (error) {
     throw genericError(`failed to read '${path}': Failed to open file \u201c${path}\u201d: ${strerror(error)}`);
+  } finally {
+    if (dirFd !== null) closeSync(dirFd);
   }
   try {
     return readFileSync(fd, "utf8").split("\n");
@@ -136,23 +156,38 @@ function ensureSshDir(path: string, user: PasswdEntry): void {
   } catch (error) {
     throw genericError(`failed to create directory '${path}': ${strerror(error)}`);
   }
+  let dirFd: number;
   try {
-    chownSync(path, user.uid, user.gid);
+    dirFd = openSshDir(path);
   } catch (error) {
-    throw genericError(`failed to set ownership of directory '${path}': ${strerror(error)}`);
+    throw genericError(`failed to create directory '${path}': ${strerror(error)}`);
   }
   try {
-    chmodSync(path, 0o700);
-  } catch (error) {
-    throw genericError(`failed to set permissions of directory '${path}': ${strerror(error)}`);
+    try {
+      fchownSync(dirFd, user.uid, user.gid);
+    } catch (error) {
+      throw genericError(`failed to set ownership of directory '${path}': ${strerror(error)}`);
+    }
+    try {
+      fchmodSync(dirFd, 0o700);
+    } catch (error) {
+      throw genericError(`failed to set permissions of directory '${path}': ${strerror(error)}`);
+    }
+  } finally {
+    closeSync(dirFd);
   }
 }
 
 function writeAuthorizedKeys(sshDir: string, lines: string[], user: PasswdEntry): void {
   const path = join(sshDir, "authorized_keys");
-  const stat = lstatSync(sshDir, { throwIfNoEntry: false });
-  if (stat?.isSymbolicLink()) throw genericError(`failed to write to '${path}': '${sshDir}' is a symbolic link, which is not followed`);
-  const temporary = join(sshDir, `.authorized_keys.${process.pid}.${crypto.randomUUID()}`);
+  let dirFd: number;
+  try {
+    dirFd = openSshDir(sshDir);
+  } catch (error) {
+    if (errnoOf(error) === "ELOOP") throw genericError(`failed to write to '${path}': '${sshDir}' is a symbolic link, which is not followed`);
+    throw genericError(`failed to write to '${path}': ${strerror(error)}`);
+  }
+  const temporary = inside(dirFd, `.authorized_keys.${process.pid}.${crypto.randomUUID()}`);
   let fd: number | null = null;
   try {
     fd = openSync(temporary, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
@@ -161,10 +196,12 @@ function writeAuthorizedKeys(sshDir: string, lines: string[], user: PasswdEntry)
     fchmodSync(fd, 0o600);
     closeSync(fd);
     fd = null;
-    renameSync(temporary, path);
+    renameSync(temporary, inside(dirFd, "authorized_keys"));
   } catch (error) {
     if (fd !== null) closeSync(fd);
     rmSync(temporary, { force: true });
     throw genericError(`failed to write to '${path}': ${strerror(error)}`);
+  } finally {
+    closeSync(dirFd);
   }
 }
