@@ -32,6 +32,11 @@ export const STRERROR: Record<string, string> = {
   EBUSY: "Device or resource busy",
 };
 
+/** strerror(3) of an errno name ("EPERM"), the name itself where the table lacks it. */
+export function strerrorOf(name: string): string {
+  return STRERROR[name] ?? name;
+}
+
 export function strerror(error: unknown): string {
   const code = errnoOf(error);
   return (code && STRERROR[code]) ?? (error as Error).message;

@@ -6,7 +6,7 @@
 import { closeSync, openSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, errnoName, libc } from "../platform/linux/libc.ts";
-import { STRERROR, strerror } from "./errors.ts";
+import { strerror, strerrorOf } from "./errors.ts";
 import { blockMounts } from "./inventory.ts";
 
 /** _IOWR('X', 121, struct fstrim_range) */
@@ -34,7 +34,7 @@ export function trimMount(mountpoint: string, minimum: bigint): { trimmed: numbe
     const range = new BigUint64Array([0n, 0xffff_ffff_ffff_ffffn, minimum]);
     if (libc().ioctl(fd, FITRIM, ptr(range)) === -1) {
       const name = errnoName(errno());
-      return name === "ENOTTY" || name === "EOPNOTSUPP" ? { error: "trim not supported" } : { error: `failed to trim: ${STRERROR[name] ?? name}` };
+      return name === "ENOTTY" || name === "EOPNOTSUPP" ? { error: "trim not supported" } : { error: `failed to trim: ${strerrorOf(name)}` };
     }
     return { trimmed: Number(range[1]) };
   } finally {
