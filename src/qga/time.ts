@@ -7,7 +7,7 @@ import { accessSync, constants } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, errnoName, libc } from "../platform/linux/libc.ts";
 import { SAFE_PATH } from "../power/power.ts";
-import { genericError } from "./errors.ts";
+import { genericError, strerrorOf } from "./errors.ts";
 
 /** qapi's QERR_UNSUPPORTED, as qemu-ga answers it. */
 export const UNSUPPORTED = "this feature or command is not currently supported";
@@ -33,7 +33,7 @@ export async function guestSetTime(timeNs: bigint | undefined): Promise<Record<s
     if (!(year >= 1970 && year < 2070)) throw genericError(`Invalid time ${timeNs}: the year must be from 1970 to 2069`);
     const timeval = new BigInt64Array([seconds, (timeNs % 1_000_000_000n) / 1000n]);
     if (libc().settimeofday(ptr(timeval), null) !== 0) {
-      throw genericError(`Failed to set time to guest: ${errnoName(errno())}`);
+      throw genericError(`Failed to set time to guest: ${strerrorOf(errnoName(errno()))}`); // error_setg_errno: strerror's words
     }
   }
   const child = Bun.spawn([hwclock, timeNs === undefined ? "-s" : "-w"], {
