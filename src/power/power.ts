@@ -36,6 +36,11 @@ import type { PowerService } from "../services.ts";
 
 export type PowerAction = "poweroff" | "reboot" | "halt";
 export const SAFE_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/** The absolute path of an executable tool in SAFE_PATH (never the caller's PATH), or null. */
+export function findTool(name: string): string | null {
+  return Bun.which(name, { PATH: SAFE_PATH.join(":") });
+}
 /** Minimum time between the reply and the first command. */
 export const GRACE_MS = 250;
 export const COMMAND_TIMEOUT_MS = 60_000;

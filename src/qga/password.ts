@@ -3,7 +3,7 @@
  * decoded, checked, and handed to chpasswd (chpasswd -e when it is already
  * crypted) on its stdin — never on a command line, never logged.
  */
-import { SAFE_PATH } from "../power/power.ts";
+import { findTool } from "../power/power.ts";
 import { decodeQemuBase64 } from "./base64.ts";
 import { genericError } from "./errors.ts";
 
@@ -11,7 +11,7 @@ export async function guestSetUserPassword(
   username: string,
   passwordBase64: string,
   crypted: boolean,
-  chpasswd: string | null = Bun.which("chpasswd", { PATH: SAFE_PATH.join(":") }),
+  chpasswd: string | null = findTool("chpasswd"),
 ): Promise<Record<string, never>> {
   const raw = decodeQemuBase64(passwordBase64);
   // qemu-ga handles the password as a C string: it ends at the first NUL.

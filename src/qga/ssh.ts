@@ -14,6 +14,7 @@
 import { closeSync, constants, fchmodSync, fchownSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { errnoOf } from "../files/fsx.ts";
+import { findTool } from "../power/power.ts";
 import { genericError, strerror } from "./errors.ts";
 
 export interface PasswdEntry {
@@ -37,8 +38,9 @@ export function lookupPasswd(username: string): PasswdEntry | null {
   } catch {
     // No /etc/passwd: getent may still know the user.
   }
-  if (!Bun.which("getent")) return null;
-  const getent = Bun.spawnSync(["getent", "passwd", "--", username], { stdout: "pipe", stderr: "ignore" });
+  const getentPath = findTool("getent");
+  if (!getentPath) return null;
+  const getent = Bun.spawnSync([getentPath, "passwd", "--", username], { stdout: "pipe", stderr: "ignore" });
   return getent.exitCode === 0 ? fromLine(getent.stdout.toString().trim()) : null;
 }
 

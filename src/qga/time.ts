@@ -3,29 +3,16 @@
  * clock and write it to the hardware clock (hwclock -w); without one, set the
  * system clock from the hardware clock (hwclock -s). No hwclock: unsupported.
  */
-import { accessSync, constants } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, errnoName, libc } from "../platform/linux/libc.ts";
-import { SAFE_PATH } from "../power/power.ts";
+import { findTool, SAFE_PATH } from "../power/power.ts";
 import { genericError, strerrorOf } from "./errors.ts";
 
 /** qapi's QERR_UNSUPPORTED, as qemu-ga answers it. */
 export const UNSUPPORTED = "this feature or command is not currently supported";
 
-function findHwclock(): string | undefined {
-  for (const dir of SAFE_PATH) {
-    try {
-      accessSync(`${dir}/hwclock`, constants.X_OK);
-      return `${dir}/hwclock`;
-    } catch {
-      // Not in this directory.
-    }
-  }
-  return undefined;
-}
-
 export async function guestSetTime(timeNs: bigint | undefined): Promise<Record<string, never>> {
-  const hwclock = findHwclock();
+  const hwclock = findTool("hwclock");
   if (!hwclock) throw genericError(UNSUPPORTED);
   if (timeNs !== undefined) {
     const seconds = timeNs / 1_000_000_000n;
