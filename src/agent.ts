@@ -1,6 +1,7 @@
 /** Wires config, audit, dispatcher and transport together and runs until stopped. */
 import type { AgentConfig } from "./config/schema.ts";
 import { createServices } from "./create-services.ts";
+import type { FsFreeze, Holdable } from "./fsfreeze/fsfreeze.ts";
 import { noAudit, openAuditFile } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
 import { Dispatcher } from "./protocol/dispatcher.ts";
@@ -19,12 +20,24 @@ import { AGENT_VERSION } from "./version.ts";
 
 export interface RunningAgent {
   stop(reason: string): Promise<void>;
+  /** Frozen filesystems keep the agent from stopping and from writing its pidfile. */
+  fsfreeze: FsFreeze;
 }
 
-export async function startAgent(config: AgentConfig, logger: Logger): Promise<RunningAgent> {
+/** `logLines`: the logger's writer, held with the audit while filesystems are frozen. */
+export async function startAgent(config: AgentConfig, logger: Logger, logLines?: Holdable): Promise<RunningAgent> {
   const auditFile = config.logging.audit_file;
-  const audit = auditFile ? openAuditFile(auditFile) : noAudit;
+  const auditLog = auditFile ? openAuditFile(auditFile) : null;
+  const audit = auditLog ?? noAudit;
   const services = createServices(config, logger, audit);
+  const { fsfreeze } = services;
+  if (logLines) fsfreeze.addHoldable(logLines);
+  if (auditLog) fsfreeze.addHoldable(auditLog);
+  if (fsfreeze.status === "frozen") {
+    logger.warn("a previous instance exited with filesystems frozen: writes are held and only frozen-safe calls served until a thaw", {
+      state_file: fsfreeze.stateFilePath,
+    });
+  }
   const dispatcher = new Dispatcher({ config, audit, logger, services });
   let stopping: Promise<void> | null = null;
   const stop = (reason: string) =>
@@ -60,6 +73,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       files: qgaFiles,
       filesEnabled: config.security.enable_file_copy,
       power: services.power,
+      fsfreeze,
       blockRpcs: config.qga.block_rpcs,
       allowRpcs: config.qga.allow_rpcs,
     });
@@ -78,7 +92,7 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
     qga: qgaTransport ? `${config.qga.type} ${config.qga.type === "vsock-listen" ? config.qga.vsock_port : config.qga.path}` : "off",
     audit: auditFile || "off",
   });
-  return { stop };
+  return { stop, fsfreeze };
 }
 
 function createTransport(

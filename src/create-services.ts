@@ -1,5 +1,7 @@
 import type { AgentConfig } from "./config/schema.ts";
 import { ExecManager } from "./exec/exec-service.ts";
+import { FsFreeze } from "./fsfreeze/fsfreeze.ts";
+import { linuxFreezeOps } from "./fsfreeze/linux.ts";
 import { FileManager } from "./files/file-service.ts";
 import type { AuditLog } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
@@ -15,5 +17,6 @@ export function createServices(config: AgentConfig, logger: Logger, audit: Audit
     metrics: new ProcMetrics(),
     users: new UtmpUsers(),
     power: new PowerController(logger, audit),
+    fsfreeze: new FsFreeze(config.qga.state_dir, config.fsfreeze.hook || undefined, linuxFreezeOps, logger),
   };
 }

@@ -7,14 +7,14 @@
 import { spawn } from "node:child_process";
 import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { stringify as toToml } from "smol-toml";
-import { startAgent } from "./agent.ts";
+import { startAgent, type RunningAgent } from "./agent.ts";
 import { applyArgs, parseAgentArgs, UsageError, type AgentArgs } from "./cli/agent-args.ts";
 import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.ts";
 import { dumpQemuGaConf, invokedAsQemuGa, parseQemuGaArgs, QEMU_GA_USAGE, qemuGaConfig } from "./cli/qemu-ga.ts";
 import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
-import { createLogger } from "./log/logger.ts";
+import { createHoldableLogger, type Logger } from "./log/logger.ts";
 import { PROTOCOL_VERSION } from "./schema/methods.ts";
 import { AGENT_VERSION } from "./version.ts";
 
@@ -67,11 +67,9 @@ async function runAgent(args: AgentArgs): Promise<number> {
     process.stdout.write(toToml(config) + "\n");
     return 0;
   }
-  const logger = createLogger(config.logging.level, config.logging.format);
-  const agent = await startAgent(config, logger);
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.on(signal, () => void agent.stop(signal).then(() => process.exit(0)));
-  }
+  const { logger, lines } = createHoldableLogger(config.logging.level, config.logging.format);
+  const agent = await startAgent(config, logger, lines);
+  stopOnSignals(agent, logger, () => {});
   return new Promise<number>(() => {}); // Serve until a signal or the end of stdin.
 }
 
@@ -113,18 +111,33 @@ async function runAsQemuGa(argv: string[]): Promise<number> {
     }
   }
   const logfile = options.logfile;
-  const logger = createLogger(config.logging.level, "text", logfile ? (line) => appendFileSync(logfile, line) : undefined);
-  const agent = await startAgent(config, logger);
-  writeFileSync(options.pidfile, `${process.pid}\n`);
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    process.on(signal, () =>
-      void agent.stop(signal).then(() => {
-        rmSync(options.pidfile, { force: true });
-        process.exit(0);
-      }),
-    );
-  }
+  const { logger, lines } = createHoldableLogger(config.logging.level, "text", logfile ? (line) => appendFileSync(logfile, line) : undefined);
+  const agent = await startAgent(config, logger, lines);
+  const pidfile = options.pidfile;
+  // Started frozen: the pidfile may sit on a frozen filesystem, so it waits for the thaw, as qemu-ga's does.
+  agent.fsfreeze.whenThawed(() => writeFileSync(pidfile, `${process.pid}\n`));
+  stopOnSignals(agent, logger, () => rmSync(pidfile, { force: true }));
   return new Promise<number>(() => {});
+}
+
+/**
+ * SIGTERM/SIGINT stop the agent, except while filesystems are frozen: then it
+ * keeps running (as qemu-ga does), since dying would leave them frozen with no
+ * one to thaw them, and a graceful stop would block on its own writes.
+ */
+function stopOnSignals(agent: RunningAgent, logger: Logger, cleanup: () => void): void {
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    process.on(signal, () => {
+      if (agent.fsfreeze.status === "frozen") {
+        logger.warn("not stopping while filesystems are frozen: thaw them first (fsfreeze_thaw or guest-fsfreeze-thaw)", { signal });
+        return;
+      }
+      void agent.stop(signal).then(() => {
+        cleanup();
+        process.exit(0);
+      });
+    });
+  }
 }
 
 function processAlive(pid: number): boolean {

@@ -3,6 +3,7 @@
  * Each area lives in its own folder; the dispatcher's switch is the only place
  * that maps method names to these calls.
  */
+import type { FsFreeze } from "./fsfreeze/fsfreeze.ts";
 import type { NotificationName, NotificationParams, Params, Result } from "./schema/methods.ts";
 
 type Answer<T> = T | Promise<T>;
@@ -55,4 +56,6 @@ export interface Services {
   metrics: MetricsService;
   users: UsersService;
   power: PowerService;
+  /** Shared by both protocols: a freeze asked for on one port gates the other. */
+  fsfreeze: FsFreeze;
 }

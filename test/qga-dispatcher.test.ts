@@ -10,6 +10,7 @@ import { MemoryAudit } from "./helpers/in-memory.ts";
 
 function dispatcher(platform: NodeJS.Platform) {
   const config = defaultConfig();
+  config.qga.state_dir = makeTempDir("kma-qga-state-");
   const audit = new MemoryAudit();
   const services = createServices(config, silentLogger, audit);
   return new QgaDispatcher({
@@ -22,6 +23,7 @@ function dispatcher(platform: NodeJS.Platform) {
     files: new QgaFiles(new PathPolicy(["/tmp"]), makeTempDir("kma-qga-state-"), 4),
     filesEnabled: true,
     power: services.power,
+    fsfreeze: services.fsfreeze,
     blockRpcs: [],
     allowRpcs: [],
     platform,

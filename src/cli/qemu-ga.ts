@@ -182,6 +182,7 @@ export function qemuGaConfig(options: QemuGaOptions): AgentConfig {
       block_rpcs: options.blockRpcs,
       allow_rpcs: options.allowRpcs,
     },
+    fsfreeze: { hook: options.fsfreezeHook ?? "" },
     logging: { ...config.logging, level: options.verbose ? "debug" : "info", format: "text" },
   };
 }

@@ -51,13 +51,18 @@ export const configSchema = z.strictObject({
       type: z.enum(["virtio-serial", "unix-listen", "vsock-listen"]).default("virtio-serial"),
       path: z.string().min(1).default(DEFAULT_QGA_PORT),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_QGA_VSOCK_PORT),
-      state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe("Where QGA state that must survive a restart is kept (the file handle counter)"),
+      state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe("Where state that must survive a restart is kept: the QGA file handle counter, and the mark that filesystems are frozen (both protocols)"),
       block_rpcs: z.array(qgaCommandName).default([]).describe("QGA commands to switch off, as qemu-ga's --block-rpcs"),
       allow_rpcs: z.array(qgaCommandName).default([]).describe("When not empty, the only QGA commands left on, as qemu-ga's --allow-rpcs"),
     })
     .refine((qga) => qga.block_rpcs.length === 0 || qga.allow_rpcs.length === 0, {
       message: "block_rpcs and allow_rpcs cannot both be set",
       path: ["allow_rpcs"],
+    })
+    .prefault({}),
+  fsfreeze: z
+    .strictObject({
+      hook: z.union([z.literal(""), absolutePath]).default("").describe("Script run with 'freeze' before filesystems are frozen and 'thaw' after they are thawed (qemu-ga's --fsfreeze-hook); empty: none"),
     })
     .prefault({}),
   security: z

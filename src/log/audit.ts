@@ -6,6 +6,8 @@
 import { mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import type { FileSink } from "bun";
+import type { Holdable } from "../fsfreeze/fsfreeze.ts";
+import { HeldLines, MAX_HELD_LINES } from "./held-lines.ts";
 
 export interface AuditRecord {
   method: string;
@@ -30,14 +32,26 @@ export const noAudit: AuditLog = { record() {}, event() {}, async close() {} };
 
 const FLUSH_INTERVAL_MS = 200;
 
-/** Append-only JSON-lines file; lines are buffered and flushed every 200 ms. */
-export function openAuditFile(path: string): AuditLog {
+/**
+ * Append-only JSON-lines file; lines are buffered and flushed every 200 ms.
+ * While filesystems are frozen the lines are held in memory and written on the thaw.
+ */
+export function openAuditFile(path: string): AuditLog & Holdable {
   mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
   // Bun's writer truncates a path it opens itself; an O_APPEND fd keeps old records.
   const sink: FileSink = Bun.file(openSync(path, "a", 0o640)).writer({ highWaterMark: 64 * 1024 });
   let pending = false;
+  const eventLine = (name: string, fields: AuditEvent) => `${JSON.stringify({ ts: isoNow(), event: name, ...fields })}\n`;
+  const lines = new HeldLines(
+    (line) => {
+      sink.write(line);
+      pending = true;
+    },
+    (count) => eventLine("audit_records_dropped", { count, reason: `more than ${MAX_HELD_LINES} records while filesystems were frozen` }),
+    () => sink.flush(),
+  );
   const timer = setInterval(() => {
-    if (pending) {
+    if (pending && !lines.holding) {
       pending = false;
       void sink.flush();
     }
@@ -45,17 +59,17 @@ export function openAuditFile(path: string): AuditLog {
   timer.unref();
   return {
     record(entry) {
-      sink.write(auditLine(entry));
-      pending = true;
+      lines.write(auditLine(entry));
     },
     event(name, fields) {
-      sink.write(`${JSON.stringify({ ts: isoNow(), event: name, ...fields })}\n`);
-      pending = true;
+      lines.write(eventLine(name, fields));
     },
     async close() {
       clearInterval(timer);
       await sink.end();
     },
+    hold: () => lines.hold(),
+    release: () => lines.release(),
   };
 }
 

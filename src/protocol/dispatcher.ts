@@ -30,7 +30,11 @@ const LINUX_ONLY = new Set<MethodName>([
   "get_metrics", "get_users", "shutdown", "reboot",
   "exec", "exec_start", "exec_status", "exec_kill",
   "copy_to_guest", "copy_from_guest", "upload_start", "upload_chunk", "upload_commit", "upload_abort", "copy_archive_to_guest",
+  "fsfreeze_status", "fsfreeze_freeze", "fsfreeze_thaw",
 ]);
+
+/** What runs while filesystems are frozen: reads of /proc, /sys and utmp, and the thaw (writes would block the agent). */
+const FROZEN_SAFE = new Set<MethodName>(["ping", "get_info", "get_metrics", "get_users", "fsfreeze_status", "fsfreeze_thaw"]);
 
 export class Dispatcher implements RequestHandler {
   private readonly methodTable: { name: string; enabled: boolean }[];
@@ -115,7 +119,10 @@ export class Dispatcher implements RequestHandler {
     if (this.platform === "win32" && LINUX_ONLY.has(method)) {
       throw new RpcError("UNSUPPORTED_OS", `Method '${method}' is not supported on Windows guests yet`, { method, os: "windows" });
     }
-    const { exec, files, metrics, users, power } = this.deps.services;
+    const { exec, files, metrics, users, power, fsfreeze } = this.deps.services;
+    if (fsfreeze.status === "frozen" && !FROZEN_SAFE.has(method)) {
+      throw new RpcError("FROZEN", `Method '${method}' is refused while filesystems are frozen: call fsfreeze_thaw first`, { method });
+    }
     switch (method) {
       case "ping":
         return ping(this.parseParams("ping", params));
@@ -153,6 +160,14 @@ export class Dispatcher implements RequestHandler {
         return files.uploadAbort(this.parseParams("upload_abort", params));
       case "copy_archive_to_guest":
         return files.unpackArchive(this.parseParams("copy_archive_to_guest", params));
+      case "fsfreeze_status":
+        this.parseParams("fsfreeze_status", params);
+        return { status: fsfreeze.status };
+      case "fsfreeze_freeze":
+        return fsfreeze.freeze(this.parseParams("fsfreeze_freeze", params).mountpoints).then((frozen) => ({ frozen }));
+      case "fsfreeze_thaw":
+        this.parseParams("fsfreeze_thaw", params);
+        return fsfreeze.thaw().then((thawed) => ({ thawed }));
     }
   }
 

@@ -29,6 +29,7 @@ import {
   guestTime,
   guestVcpus,
 } from "./inventory.ts";
+import type { FsFreeze } from "../fsfreeze/fsfreeze.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -63,6 +64,8 @@ export interface QgaDispatcherDeps {
   /** [security] enable_file_copy: the guest-file-* commands are switched with it. */
   filesEnabled: boolean;
   power: PowerService;
+  /** Shared with the native protocol: while frozen, only FROZEN_SAFE commands run. */
+  fsfreeze: FsFreeze;
   /** [qga] block_rpcs / allow_rpcs. */
   blockRpcs: readonly string[];
   allowRpcs: readonly string[];
@@ -71,6 +74,9 @@ export interface QgaDispatcherDeps {
   /** Whose ~/.ssh the guest-ssh-* commands edit; tests point it at a scratch home. */
   sshKeys?: QgaSshKeys;
 }
+
+/** What qemu-ga serves while filesystems are frozen: nothing that could write to them. */
+const FROZEN_SAFE = new Set<QgaCommandName>(["guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status", "guest-fsfreeze-thaw"]);
 
 /** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */
 const PORTABLE = new Set<QgaCommandName>(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
@@ -84,8 +90,17 @@ export class QgaDispatcher {
     this.sshKeys = deps.sshKeys ?? new QgaSshKeys();
   }
 
-  /** The security policy first, then the config's block or allow list (which can switch off even guest-sync, as qemu-ga's). */
+  /** Switched off by config or policy (see isConfigured), or for the time filesystems are frozen. */
   isEnabled(command: QgaCommandName): boolean {
+    return this.isConfigured(command) && !this.frozenOut(command);
+  }
+
+  private frozenOut(command: QgaCommandName): boolean {
+    return this.deps.fsfreeze.status === "frozen" && !FROZEN_SAFE.has(command);
+  }
+
+  /** The security policy first, then the config's block or allow list (which can switch off even guest-sync, as qemu-ga's). */
+  private isConfigured(command: QgaCommandName): boolean {
     if ((command === "guest-exec" || command === "guest-exec-status") && !this.deps.execEnabled) return false;
     if (command.startsWith("guest-file-") && !this.deps.filesEnabled) return false;
     if (this.deps.allowRpcs.length > 0) return this.deps.allowRpcs.includes(command);
@@ -109,7 +124,9 @@ export class QgaDispatcher {
       const args = request.arguments ?? {};
       if (typeof args !== "object" || args === null || Array.isArray(args)) throw genericError("QMP input member 'arguments' must be an object");
       if (!isQgaCommand(command)) throw new QgaError("CommandNotFound", `The command ${command} has not been found`);
-      if (!this.isEnabled(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
+      // Frozen first: qemu-ga's freeze re-disables blocked commands with its reason.
+      if (this.frozenOut(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled: the agent is in frozen state`);
+      if (!this.isConfigured(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
       if ((this.deps.platform ?? process.platform) === "win32" && !PORTABLE.has(command)) throw genericError(UNSUPPORTED);
       const result = await this.run(command, args);
       this.audit(command, id, transport, started);
@@ -201,6 +218,14 @@ export class QgaDispatcher {
         return this.exec.status(args(command).pid);
       case "guest-fstrim":
         return guestFstrim(args(command).minimum);
+      case "guest-fsfreeze-status":
+        return this.deps.fsfreeze.status;
+      case "guest-fsfreeze-freeze":
+        return this.deps.fsfreeze.freeze();
+      case "guest-fsfreeze-freeze-list":
+        return this.deps.fsfreeze.freeze(args(command).mountpoints);
+      case "guest-fsfreeze-thaw":
+        return this.deps.fsfreeze.thaw();
       case "guest-set-user-password": {
         const { username, password, crypted } = args(command);
         return guestSetUserPassword(username, password, crypted);

@@ -230,6 +230,26 @@ export const QGA_COMMANDS = {
     }),
     successResponse: true,
   },
+  "guest-fsfreeze-status": {
+    args: z.strictObject({}),
+    returns: z.enum(["thawed", "frozen"]),
+    successResponse: true,
+  },
+  "guest-fsfreeze-freeze": {
+    args: z.strictObject({}),
+    returns: int.describe("How many filesystems froze"),
+    successResponse: true,
+  },
+  "guest-fsfreeze-freeze-list": {
+    args: z.strictObject({ mountpoints: z.array(z.string()).optional().describe("Only these mountpoints; every block-backed one when absent") }),
+    returns: int.describe("How many filesystems froze"),
+    successResponse: true,
+  },
+  "guest-fsfreeze-thaw": {
+    args: z.strictObject({}),
+    returns: int.describe("How many filesystems were frozen and are thawed now"),
+    successResponse: true,
+  },
   "guest-set-user-password": {
     args: z.strictObject({ username: z.string(), password: z.string().describe("base64"), crypted: z.boolean() }),
     returns: z.strictObject({}),

@@ -176,6 +176,8 @@ const CASES: [string, string | number[], number][] = [
   ["a password in base64 lines", '{"execute":"guest-set-user-password","arguments":{"username":"root:x","password":"YW\\nJj","crypted":false}}', 1],
   ["a password with a space", '{"execute":"guest-set-user-password","arguments":{"username":"root:x","password":"YW Jj","crypted":false}}', 1],
   ["an empty user and password", '{"execute":"guest-set-user-password","arguments":{"username":"","password":"","crypted":false}}', 1],
+  // Thawed on both sides; the frozen state is compared in fsfreeze.test.ts.
+  ["guest-fsfreeze-status", '{"execute":"guest-fsfreeze-status"}', 1],
   // Never a real guest-fstrim here: it would trim this machine's disks (the VM test trims a guest's).
   ["guest-fstrim with a minimum that is not a number", '{"execute":"guest-fstrim","arguments":{"minimum":"1M"}}', 1],
   ["guest-fstrim with an unexpected parameter", '{"execute":"guest-fstrim","arguments":{"path":"/"}}', 1],
@@ -234,6 +236,10 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-file-seek",
       "guest-file-flush",
       "guest-fstrim",
+      "guest-fsfreeze-status",
+      "guest-fsfreeze-freeze",
+      "guest-fsfreeze-freeze-list",
+      "guest-fsfreeze-thaw",
       "guest-set-user-password",
       "guest-ssh-get-authorized-keys",
       "guest-ssh-add-authorized-keys",
