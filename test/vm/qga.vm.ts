@@ -248,3 +248,39 @@ test("guest-set-user-password sets root's password in the guest through chpasswd
   });
   agent.close();
 }, 60_000);
+
+test("guest-fsfreeze-freeze-list freezes the guest's disk: a write waits for the thaw, and both ports keep the frozen rules meanwhile", async () => {
+  const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
+  await native.waitReady({ timeoutMs: 30_000 });
+  // A writer that starts writing a second after the agent marks itself frozen (the mark comes just before FIFREEZE).
+  const writer = await native.call("exec_start", {
+    command: "sh",
+    args: ["-c", "until [ -e /var/lib/kvm-manager-agent/qga.state.isfrozen ]; do sleep 0.05; done; sleep 1; echo written > /mnt/data/probe; date +%s > /tmp/probe-written"],
+  });
+  const agent = await libvirtSync(81);
+  expect(await agent.send({ execute: "guest-fsfreeze-freeze-list", arguments: { mountpoints: ["/mnt/data"] } })).toEqual({ return: 1 });
+  expect(await agent.send({ execute: "guest-fsfreeze-status" })).toEqual({ return: "frozen" });
+  expect(await agent.send({ execute: "guest-get-osinfo" })).toEqual({
+    error: { class: "CommandNotFound", desc: "Command guest-get-osinfo has been disabled: the agent is in frozen state" },
+  });
+  await expect(native.call("exec", { command: "true" })).rejects.toMatchObject({ code: -32006 });
+  expect(await native.call("fsfreeze_status", {})).toEqual({ status: "frozen" });
+  await Bun.sleep(3_000);
+  expect(await agent.send({ execute: "guest-fsfreeze-thaw" })).toEqual({ return: 1 });
+  const { return: thawedAt } = (await agent.send({ execute: "guest-get-time" })) as { return: number };
+  const done = await native.call("exec_status", { handle: writer.handle, wait_ms: 30_000 });
+  expect(done.result?.exit_code).toBe(0);
+  const written = await native.exec({ command: "cat", args: ["/tmp/probe-written", "/mnt/data/probe"] }, { timeoutMs: 30_000 });
+  const [writtenAt, content] = Buffer.from(written.stdout_base64, "base64").toString().trim().split("\n");
+  // Unfrozen, the write would have landed about 3 s before the thaw; frozen, it waited for it.
+  expect(Number(writtenAt)).toBeGreaterThanOrEqual(Math.floor(thawedAt / 1e9) - 1);
+  expect(content).toBe("written");
+
+  // Without a list: every block-backed filesystem of the guest (here the one disk; the initramfs root is not one).
+  expect(await native.call("fsfreeze_freeze", {})).toEqual({ frozen: 1 });
+  expect(await agent.send({ execute: "guest-fsfreeze-status" })).toEqual({ return: "frozen" });
+  expect(await native.call("fsfreeze_thaw", {})).toEqual({ thawed: 1 });
+  expect(await agent.send({ execute: "guest-fsfreeze-thaw" })).toEqual({ return: 0 });
+  native.close();
+  agent.close();
+}, 90_000);
