@@ -5,6 +5,7 @@
  * test); the VM test trims a real virtio disk.
  */
 import { expect, test } from "bun:test";
+import { errnoName } from "../src/platform/linux/libc.ts";
 import { guestFstrim, trimMount, type TrimMount } from "../src/qga/fstrim.ts";
 
 test("every mount is reported, last-mounted first; one that fails does not stop the others", () => {
@@ -34,4 +35,11 @@ test("without a minimum every free extent counts (0), as qemu-ga passes it", () 
 test("a mount that cannot be opened, and a filesystem without FITRIM, say so in qemu-ga's words", () => {
   expect(trimMount("/kma-no-such-mount", 0n)).toEqual({ error: "failed to open: No such file or directory" });
   expect(trimMount("/proc", 0n)).toEqual({ error: "trim not supported" });
+});
+
+test("EOPNOTSUPP is named as the kernel names it, so a filesystem that cannot trim reads 'trim not supported'", () => {
+  // os.constants.errno lists ENOTSUP (the same 95) first; the reports compare against EOPNOTSUPP.
+  expect(errnoName(95)).toBe("EOPNOTSUPP");
+  expect(errnoName(11)).toBe("EAGAIN");
+  expect(errnoName(35)).toBe("EDEADLK");
 });

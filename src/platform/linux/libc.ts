@@ -32,8 +32,12 @@ export function errno(): number {
   return read.i32(libc().__errno_location() as Pointer, 0);
 }
 
+/** Second names of a code, which os.constants.errno may list first (it lists ENOTSUP before EOPNOTSUPP). */
+const ALIASES = new Set(["ENOTSUP", "EWOULDBLOCK", "EDEADLOCK"]);
+
+/** The name Linux's headers and strerror go by: "EOPNOTSUPP" for 95, as callers compare against it. */
 export function errnoName(code: number): string {
-  for (const [name, value] of Object.entries(constants.errno)) if (value === code) return name;
+  for (const [name, value] of Object.entries(constants.errno)) if (value === code && !ALIASES.has(name)) return name;
   return "unknown error";
 }
 
