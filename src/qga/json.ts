@@ -30,7 +30,12 @@ export function qmpStringify(value: unknown): string {
   }
 }
 
+/** Printable ASCII but '"' and '\\': what needs no escape (base64 file data, most names). */
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
 function quote(text: string): string {
+  // A 4 MiB guest-file-read is 5.6 million characters: appending them one by one made the read 5× slower than qemu-ga's.
+  if (PLAIN.test(text)) return `"${text}"`;
   let out = '"';
   for (let i = 0; i < text.length; i++) {
     const code = text.charCodeAt(i);
