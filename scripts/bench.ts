@@ -109,38 +109,46 @@ const GET_INFO = { method: "get_info", params: {} };
 
 /** exec of `true` start to exit status, one after the other. */
 function execCase(name: string, count: number): Case<LatencySample> {
-  const measure = async (ep: Endpoint, kind: "ours" | "theirs") => {
-    for (let i = 0; i < Math.ceil(count / 5); i++) await execOnce(ep, kind); // warm-up
+  const measure = async (ep: Endpoint) => {
+    for (let i = 0; i < Math.ceil(count / 5); i++) await execOnce(ep); // warm-up
     const micros: number[] = [];
     for (let i = 0; i < count; i++) {
       const t0 = performance.now();
-      await execOnce(ep, kind);
+      await execOnce(ep);
       micros.push((performance.now() - t0) * 1000);
     }
     return { micros: micros.sort((a, b) => a - b) };
   };
   return {
     name,
-    ours: (ep) => measure(ep, "ours"),
-    theirs: (ep) => measure(ep, "theirs"),
+    ours: measure,
+    theirs: measure,
     rows: (a, b) =>
       [50, 99].map((p) => ({ metric: `${name} p${p}`, ours: percentile(a.micros, p), theirs: b ? percentile(b.micros, p) : null, unit: "µs", better: "lower", decimals: 0 })),
   };
 }
 
-/** Write then read back 64 MiB in 4 MiB chunks: upload_* / copy_from_guest vs guest-file-open/write/read/close. */
-function fileCase(path: (kind: "ours" | "theirs") => string): Case<Transfer> {
+/**
+ * Write then read back 64 MiB in 4 MiB chunks, each side on its endpoint's protocol: upload_* / copy_from_guest
+ * natively, guest-file-open/write/read/close over QGA. `dir` is where the files go, on the machine the agents run on.
+ */
+function fileCase(dir: string, names: { write: string; read: string }): Case<Transfer> {
   const mib = 64;
+  const transfer = (ep: Endpoint) => fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024);
   return {
     name: `file write/read ${mib} MiB`,
-    ours: (ep) => fileRoundTrip(ep, "ours", path("ours"), mib * 1024 * 1024),
-    theirs: (ep) => fileRoundTrip(ep, "theirs", path("theirs"), mib * 1024 * 1024),
+    ours: transfer,
+    theirs: transfer,
     rows: (a, b) => [
-      { metric: `file write ${mib} MiB (upload_* / guest-file-write)`, ours: mib / a.writeSeconds, theirs: b ? mib / b.writeSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
-      { metric: `file read ${mib} MiB (copy_from_guest / guest-file-read)`, ours: mib / a.readSeconds, theirs: b ? mib / b.readSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
+      { metric: `file write ${mib} MiB (${names.write})`, ours: mib / a.writeSeconds, theirs: b ? mib / b.writeSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
+      { metric: `file read ${mib} MiB (${names.read})`, ours: mib / a.readSeconds, theirs: b ? mib / b.readSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
     ],
   };
 }
+
+const NATIVE_VS_QGA_FILES = { write: "upload_* / guest-file-write", read: "copy_from_guest / guest-file-read" };
+const QGA_FILES = { write: "guest-file-write", read: "guest-file-read" };
+const GUEST_PING = { execute: "guest-ping" };
 
 // Each case has its own sample type; `any` here only erases it in the list.
 const hostCases = (dir: string): Case<any>[] => [
@@ -150,8 +158,16 @@ const hostCases = (dir: string): Case<any>[] => [
   throughputCase(HOST, "ping / guest-ping", PING, { execute: "guest-ping" }, 20_000),
   throughputCase(HOST, "get_info / guest-info", GET_INFO, { execute: "guest-info" }, 10_000),
   execCase("exec true / guest-exec + guest-exec-status", n(300)),
-  fileCase((kind) => join(dir, `${kind}.bin`)),
+  fileCase(dir, NATIVE_VS_QGA_FILES),
   rssCase("server RSS after the run"),
+];
+
+/** The same qemu-ga, against our agent's QGA port: what libvirt, Proxmox and KubeVirt see when they switch agents. */
+const hostQgaCases = (dir: string): Case<any>[] => [
+  latencyCase(HOST, "guest-ping", GUEST_PING, GUEST_PING),
+  throughputCase(HOST, "guest-ping", GUEST_PING, GUEST_PING, 20_000),
+  execCase("guest-exec + guest-exec-status of true", n(300)),
+  fileCase(dir, QGA_FILES),
 ];
 
 const VM_CASES: Case<any>[] = [
@@ -159,15 +175,15 @@ const VM_CASES: Case<any>[] = [
   latencyCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }),
   throughputCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }, 5_000, "VM CPU (QEMU process)"),
   execCase("exec true / guest-exec + guest-exec-status", n(60)),
-  fileCase((kind) => `/tmp/bench-${kind}.bin`),
+  fileCase("/tmp", NATIVE_VS_QGA_FILES),
   guestRssCase("agent RSS in the guest after the run"),
 ];
 
 function guestRssCase(metric: string): Case<number> {
   return {
     name: metric,
-    ours: (ep) => guestRssMiB(ep, "ours"),
-    theirs: (ep) => guestRssMiB(ep, "theirs"),
+    ours: guestRssMiB,
+    theirs: guestRssMiB,
     rows: (a, b) => [{ metric, ours: a, theirs: b, unit: "MiB", better: "lower", decimals: 1 }],
   };
 }
@@ -203,7 +219,7 @@ async function main(): Promise<number> {
   const haveQga = existsSync(QEMU_GA);
   const qgaVersion = haveQga ? Bun.spawnSync([QEMU_GA, "-V"]).stdout.toString().split("\n")[0]!.trim() : "not installed";
   const started = Date.now();
-  const sections: Section[] = [await hostSection(binary, haveQga)];
+  const sections: Section[] = await hostSections(binary, haveQga);
   if (process.env.BENCH_VM === "0") console.warn("bench: BENCH_VM=0: skipping the in-VM section");
   else if (!haveQga || !existsSync("/usr/bin/qemu-system-x86_64")) console.warn("bench: NOTE qemu-system-x86 or qemu-guest-agent missing: skipping the in-VM section");
   else sections.push(await vmSection(binary));
@@ -225,8 +241,8 @@ async function main(): Promise<number> {
   return 0;
 }
 
-/** Both agents as processes on this machine, on unix sockets. */
-async function hostSection(binary: string, haveQga: boolean): Promise<Section> {
+/** Both agents as processes on this machine, on unix sockets: our protocol against qemu-ga's, then qemu-ga's on both. */
+async function hostSections(binary: string, haveQga: boolean): Promise<Section[]> {
   const notes: string[] = [
     `Sequential: ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
@@ -264,19 +280,29 @@ async function hostSection(binary: string, haveQga: boolean): Promise<Section> {
   process.on("SIGTERM", onSignal);
   process.on("exit", () => servers.cleanup());
 
-  const eps: { ours: Endpoint | null; theirs: Endpoint | null } = { ours: null, theirs: null };
+  const eps: { ours: Endpoint | null; oursQga: Endpoint | null; theirs: Endpoint | null } = { ours: null, oursQga: null, theirs: null };
   try {
     const agent = servers.startAgent(binary);
     const qga = haveQga ? servers.startQga() : null;
     eps.ours = await servers.connect(agent);
+    eps.oursQga = await servers.connect(servers.qgaPortOf(agent));
     eps.theirs = qga ? await servers.connect(qga) : null;
     console.log(`bench: kvm-manager-agent pid ${agent.proc.pid}${qga ? `, qemu-ga pid ${qga.proc.pid}` : ""}; temp dir ${servers.dir}`);
     const rows = await runCases("host", hostCases(servers.dir), eps.ours, eps.theirs);
     const auditLines = (await Bun.file(join(servers.dir, "audit.jsonl")).text()).split("\n").length - 1;
     notes.push(`Audit lines written by the agent during this run: ${auditLines} (flushed every 200 ms).`);
-    return { title: "Host loopback: kvm-manager-agent vs qemu-ga (unix socket)", rows, notes };
+    const qgaRows = await runCases("host-qga", hostQgaCases(servers.dir), eps.oursQga, eps.theirs);
+    const qgaNotes = [
+      "The same run, the same qemu-ga process and client; ours is the same agent process, on its QGA port (`[qga] type = \"unix-listen\"`), so both sides get identical requests: what libvirt, Proxmox or KubeVirt would see after switching agents.",
+      "guest-exec: guest-exec of /bin/true with capture-output, then guest-exec-status polled back to back until exited. Files: guest-file-open, 4 MiB guest-file-write/guest-file-read chunks one at a time, guest-file-close; SHA-256 checked.",
+    ];
+    return [
+      { title: "Host loopback: kvm-manager-agent vs qemu-ga (unix socket)", rows, notes },
+      { title: "Host loopback, QGA protocol on both sides: kvm-manager-agent's QGA port vs qemu-ga", rows: qgaRows, notes: qgaNotes },
+    ];
   } finally {
     eps.ours?.conn.close();
+    eps.oursQga?.conn.close();
     eps.theirs?.conn.close();
     servers.cleanup();
   }

@@ -14,9 +14,12 @@ const TASKSET = "/usr/bin/taskset";
 
 export interface Server {
   label: string;
+  /** Base name of its .out/.err files in the temp dir. */
+  files: string;
   proc: Subprocess;
   socket: string;
   logFile: string;
+  protocol: "native" | "qga";
 }
 
 /**
@@ -50,7 +53,10 @@ export class Servers {
   private readonly running: Server[] = [];
   private cleaned = false;
 
-  /** Our compiled agent on unix-listen, audit log on (as in production), level warn; exec of `true` and file copy in the temp dir allowed. */
+  /**
+   * Our compiled agent on unix-listen, audit log on (as in production), level warn; exec of `true` and file copy in
+   * the temp dir allowed. Its QGA port listens beside it (see qgaPortOf).
+   */
   startAgent(binary: string): Server {
     const socket = join(this.dir, "agent.sock");
     const config = join(this.dir, "agent.toml");
@@ -62,14 +68,21 @@ export class Servers {
         'allowed_commands = ["true"]',
         `allowed_file_paths = [${JSON.stringify(this.dir)}]`,
         "[qga]",
-        "enabled = false",
+        'type = "unix-listen"',
+        `path = ${JSON.stringify(join(this.dir, "agent-qga.sock"))}`,
+        `state_dir = ${JSON.stringify(join(this.dir, "agent-state"))}`,
         "[logging]",
         'level = "warn"',
         `audit_file = ${JSON.stringify(join(this.dir, "audit.jsonl"))}`,
         "",
       ].join("\n"),
     );
-    return this.spawn("kvm-manager-agent", [binary, "--transport", "unix-listen", "--path", socket, "--config", config], socket);
+    return this.spawn("kvm-manager-agent", [binary, "--transport", "unix-listen", "--path", socket, "--config", config], socket, "native");
+  }
+
+  /** The QGA port of an agent startAgent started: the same process, qemu-ga's protocol. */
+  qgaPortOf(agent: Server): Server {
+    return { ...agent, label: "kvm-manager-agent (QGA)", socket: join(this.dir, "agent-qga.sock"), protocol: "qga" };
   }
 
   /** Debian's qemu-ga on unix-listen with its state, pid and log files in the temp dir. */
@@ -82,14 +95,15 @@ export class Servers {
       "qemu-ga",
       [QEMU_GA, "-m", "unix-listen", "-p", socket, "-t", stateDir, "-f", join(this.dir, "qga.pid"), "-l", logFile],
       socket,
+      "qga",
       logFile,
     );
   }
 
-  private spawn(label: string, cmd: string[], socket: string, logFile = join(this.dir, `${label}.log`)): Server {
+  private spawn(label: string, cmd: string[], socket: string, protocol: Server["protocol"], logFile = join(this.dir, `${label}.log`)): Server {
     if (this.serverCpu !== null) cmd = [TASKSET, "-c", String(this.serverCpu), ...cmd];
     const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: Bun.file(join(this.dir, `${label}.out`)), stderr: Bun.file(join(this.dir, `${label}.err`)) });
-    const server = { label, proc, socket, logFile };
+    const server = { label, files: label, proc, socket, logFile, protocol };
     this.running.push(server);
     return server;
   }
@@ -104,7 +118,7 @@ export class Servers {
       }
       if (existsSync(server.socket)) {
         try {
-          return server.label === "qemu-ga" ? await qgaEndpoint(server.socket, server.proc.pid) : await nativeEndpoint(server.socket, server.proc.pid);
+          return server.protocol === "qga" ? await qgaEndpoint(server.socket, server.proc.pid, 5_000, server.label) : await nativeEndpoint(server.socket, server.proc.pid);
         } catch (error) {
           last = error;
         }
@@ -116,7 +130,7 @@ export class Servers {
 
   logsOf(server: Server): string {
     const read = (path: string) => (existsSync(path) ? readFileSync(path, "utf8").trim() : "");
-    return [read(join(this.dir, `${server.label}.err`)), read(join(this.dir, `${server.label}.out`)), read(server.logFile)]
+    return [read(join(this.dir, `${server.files}.err`)), read(join(this.dir, `${server.files}.out`)), read(server.logFile)]
       .filter(Boolean)
       .join("\n")
       .slice(-2000);

@@ -8,8 +8,10 @@ import type { Socket } from "bun";
 import { SYNC_MARKER } from "../../src/protocol/framing.ts";
 
 export interface Endpoint {
-  /** "kvm-manager-agent" or "qemu-ga". */
+  /** "kvm-manager-agent", "kvm-manager-agent (QGA)" or "qemu-ga". */
   readonly label: string;
+  /** The wire protocol: our JSON-RPC frames, or qemu-ga's JSON lines (which our agent speaks too). */
+  readonly protocol: "native" | "qga";
   readonly pid: number;
   readonly conn: RawConn;
   /** Wire bytes of one request; `seq` is unique per connection (ours puts it in the id). */
@@ -181,6 +183,7 @@ export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10
   });
   return {
     label: "kvm-manager-agent",
+    protocol: "native",
     pid,
     conn,
     encode(call, seq) {
@@ -205,14 +208,15 @@ export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10
   };
 }
 
-/** qemu-ga: QMP-style JSON lines; replies carry no id, they come back in order. */
-export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000): Promise<Endpoint> {
+/** The QGA protocol (qemu-ga's, or ours on its QGA port): QMP-style JSON lines; replies carry no id, they come back in order. */
+export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000, label = "qemu-ga"): Promise<Endpoint> {
   const conn = await RawConn.connect(path, "lines");
   // Requests are sent in the order they are encoded, so replies answer that order.
   const inOrder: number[] = [];
   let head = 0;
   const endpoint: Endpoint = {
-    label: "qemu-ga",
+    label,
+    protocol: "qga",
     pid,
     conn,
     encode(call, seq) {
@@ -226,15 +230,15 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
     verify(reply) {
       const message = JSON.parse(utf8.decode(reply)) as { return?: unknown };
       if (typeof message !== "object" || message === null || !("return" in message)) {
-        throw new Error(`qemu-ga: reply has no "return": ${utf8.decode(reply).slice(0, 300)}`);
+        throw new Error(`${label}: reply has no "return": ${utf8.decode(reply).slice(0, 300)}`);
       }
-      if (head >= inOrder.length) throw new Error("qemu-ga: reply with no request outstanding");
+      if (head >= inOrder.length) throw new Error(`${label}: reply with no request outstanding`);
       return inOrder[head++]!;
     },
     decode(reply) {
       const message = JSON.parse(utf8.decode(reply)) as { return?: unknown; error?: { desc: string } };
       const seq = inOrder[head++]!;
-      if (message.error) throw new Error(`qemu-ga: ${message.error.desc}`);
+      if (message.error) throw new Error(`${label}: ${message.error.desc}`);
       return { seq, value: message.return };
     },
   };
@@ -248,7 +252,7 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
     };
   });
   conn.write(textEncoder.encode(`${JSON.stringify({ execute: "guest-sync", arguments: { id: syncId } })}\n`));
-  await withTimeout(synced, handshakeMs, "qemu-ga guest-sync").catch((error) => {
+  await withTimeout(synced, handshakeMs, `${label} guest-sync`).catch((error) => {
     conn.close();
     throw error;
   });

@@ -52,9 +52,9 @@ export const FILE_WINDOW = 1;
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 
-/** exec of `true`, start to exit status: ours in one call; qemu-ga guest-exec then guest-exec-status polled back to back. */
-export async function execOnce(ep: Endpoint, kind: "ours" | "theirs"): Promise<void> {
-  if (kind === "ours") {
+/** exec of `true`, start to exit status: natively in one call; over QGA guest-exec then guest-exec-status polled back to back. */
+export async function execOnce(ep: Endpoint): Promise<void> {
+  if (ep.protocol === "native") {
     const result = await callOnce(ep, { method: "exec", params: { command: "true" } });
     if (result.exit_code !== 0) throw new Error(`exec true: ${JSON.stringify(result)}`);
     return;
@@ -70,10 +70,10 @@ export async function execOnce(ep: Endpoint, kind: "ours" | "theirs"): Promise<v
 }
 
 /** The agent's own resident memory in the guest, read by a child it runs (the child's parent is the agent). */
-export async function guestRssMiB(ep: Endpoint, kind: "ours" | "theirs"): Promise<number> {
+export async function guestRssMiB(ep: Endpoint): Promise<number> {
   const script = "grep VmRSS /proc/$PPID/status";
   let output: string;
-  if (kind === "ours") {
+  if (ep.protocol === "native") {
     const result = await callOnce(ep, { method: "exec", params: { command: "sh", args: ["-c", script] } });
     output = Buffer.from(result.stdout_base64, "base64").toString();
   } else {
@@ -94,7 +94,7 @@ export interface Transfer {
 }
 
 /** Writes `bytes` random bytes to `path` in the guest, reads them back, checks SHA-256 both ways. */
-export async function fileRoundTrip(ep: Endpoint, kind: "ours" | "theirs", path: string, bytes: number): Promise<Transfer> {
+export async function fileRoundTrip(ep: Endpoint, path: string, bytes: number): Promise<Transfer> {
   const data = randomBytes(bytes);
   const expected = createHash("sha256").update(data).digest("hex");
   const chunks: string[] = [];
@@ -102,7 +102,7 @@ export async function fileRoundTrip(ep: Endpoint, kind: "ours" | "theirs", path:
 
   const chunkCount = chunks.length;
   let t0 = performance.now();
-  if (kind === "ours") {
+  if (ep.protocol === "native") {
     const { upload_id } = await callOnce(ep, { method: "upload_start", params: { path, overwrite: true } });
     await callWindow(ep, chunks.map((content_base64, i) => ({ method: "upload_chunk", params: { upload_id, offset: i * CHUNK_BYTES, content_base64 } })), FILE_WINDOW);
     await callOnce(ep, { method: "upload_commit", params: { upload_id, sha256: expected } });
@@ -116,7 +116,7 @@ export async function fileRoundTrip(ep: Endpoint, kind: "ours" | "theirs", path:
   // Both read the file's chunks back in order; the size is known, as a host knows it from its own write.
   const hash = createHash("sha256");
   t0 = performance.now();
-  if (kind === "ours") {
+  if (ep.protocol === "native") {
     const reads = Array.from({ length: chunkCount }, (_, i) => ({ method: "copy_from_guest", params: { path, offset: i * CHUNK_BYTES, length: CHUNK_BYTES } }));
     for (const chunk of await callWindow(ep, reads, FILE_WINDOW)) hash.update(Buffer.from(chunk.content_base64, "base64"));
   } else {
