@@ -59,6 +59,8 @@ export async function startAgent(config: AgentConfig, logger: Logger): Promise<R
       execRecordsMax: config.limits.exec_records_max,
       files: qgaFiles,
       filesEnabled: config.security.enable_file_copy,
+      systemChangesEnabled: config.security.enable_system_changes,
+      credentialsEnabled: config.security.enable_credentials,
       power: services.power,
       blockRpcs: config.qga.block_rpcs,
       allowRpcs: config.qga.allow_rpcs,

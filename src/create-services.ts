@@ -1,6 +1,7 @@
 import type { AgentConfig } from "./config/schema.ts";
 import { ExecManager } from "./exec/exec-service.ts";
 import { FileManager } from "./files/file-service.ts";
+import { LinuxGuest } from "./guest/guest-service.ts";
 import type { AuditLog } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
 import { ProcMetrics } from "./metrics/metrics.ts";
@@ -15,5 +16,6 @@ export function createServices(config: AgentConfig, logger: Logger, audit: Audit
     metrics: new ProcMetrics(),
     users: new UtmpUsers(),
     power: new PowerController(logger, audit),
+    guest: new LinuxGuest(),
   };
 }

@@ -5,7 +5,7 @@
  * test); the VM test trims a real virtio disk.
  */
 import { expect, test } from "bun:test";
-import { guestFstrim, trimMount, type TrimMount } from "../src/qga/fstrim.ts";
+import { guestFstrim, trimMount, type TrimMount } from "../src/guest/fstrim.ts";
 
 test("every mount is reported, last-mounted first; one that fails does not stop the others", () => {
   const seen: [string, bigint][] = [];
