@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { defaultConfig } from "../src/config/schema.ts";
 import { createServices } from "../src/create-services.ts";
 import { GuestError } from "../src/guest/errors.ts";
-import { LinuxGuest, nanosecondsOf, timespecOf } from "../src/guest/guest-service.ts";
+import { fromOs, LinuxGuest, nanosecondsOf, timespecOf } from "../src/guest/guest-service.ts";
 import { guestVcpus } from "../src/guest/inventory.ts";
 import { SshKeys } from "../src/guest/ssh.ts";
 import { silentLogger } from "../src/log/logger.ts";
@@ -70,6 +70,14 @@ test("the native shape of the same data passes its schema", () => {
     const parsed = METHODS[name].result.safeParse(read());
     if (!parsed.success) throw new Error(`${name}: ${parsed.error.message}`);
   }
+});
+
+test("a /proc or /sys read the OS refuses is an operation failure naming what was read; the agent's own bugs stay internal", () => {
+  const missing = Object.assign(new Error("ENOENT: no such file or directory, scandir '/sys/devices/system/memory'"), { code: "ENOENT" });
+  expect(() => fromOs("the memory blocks", () => { throw missing; })).toThrow(
+    expect.objectContaining({ reason: "failed", message: "cannot read the memory blocks: ENOENT: no such file or directory, scandir '/sys/devices/system/memory'" }),
+  );
+  expect(() => fromOs("x", () => { throw new TypeError("bug"); })).toThrow(TypeError);
 });
 
 test("the clock as seconds and nanoseconds, exact past 2^53 nanoseconds", () => {

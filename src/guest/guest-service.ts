@@ -19,6 +19,8 @@ import {
   guestSetVcpus,
   guestVcpus,
 } from "./inventory.ts";
+import { errnoOf } from "../files/fsx.ts";
+import { failed, GuestError } from "./errors.ts";
 import { setUserPassword } from "./password.ts";
 import { SshKeys } from "./ssh.ts";
 import { realtimeNs, setTime } from "./time.ts";
@@ -32,6 +34,16 @@ export function timespecOf(ns: bigint): Timespec {
 
 export function nanosecondsOf({ seconds, nanoseconds = 0 }: { seconds: number; nanoseconds?: number }): bigint {
   return BigInt(seconds) * 1_000_000_000n + BigInt(nanoseconds);
+}
+
+/** A read of /proc or /sys that fails (a kernel without memory hotplug has no /sys/devices/system/memory) is the OS's failure, not the agent's. */
+export function fromOs<T>(what: string, read: () => T): T {
+  try {
+    return read();
+  } catch (error) {
+    if (error instanceof GuestError || errnoOf(error) === undefined) throw error;
+    throw failed(String(error), `cannot read ${what}: ${(error as Error).message}`);
+  }
 }
 
 export interface LinuxGuestOptions {
@@ -64,7 +76,7 @@ export class LinuxGuest implements GuestService {
   }
 
   getVcpus(): Result<"get_vcpus"> {
-    return { vcpus: guestVcpus() };
+    return { vcpus: fromOs("the CPUs", () => guestVcpus()) };
   }
 
   setVcpus(params: Params<"set_vcpus">): Result<"set_vcpus"> {
@@ -72,27 +84,27 @@ export class LinuxGuest implements GuestService {
   }
 
   getNetworkInterfaces(): Result<"get_network_interfaces"> {
-    return { interfaces: guestNetworkInterfaces() };
+    return { interfaces: fromOs("the network interfaces", () => guestNetworkInterfaces()) };
   }
 
   getFsinfo(): Result<"get_fsinfo"> {
-    return { filesystems: guestFsInfo() };
+    return { filesystems: fromOs("the filesystems", () => guestFsInfo()) };
   }
 
   getDisks(): Result<"get_disks"> {
-    return { disks: guestDisks() };
+    return { disks: fromOs("the disks", () => guestDisks()) };
   }
 
   getDiskstats(): Result<"get_diskstats"> {
-    return { disks: guestDiskStats() };
+    return { disks: fromOs("/proc/diskstats", () => guestDiskStats()) };
   }
 
   getMemoryBlocks(): Result<"get_memory_blocks"> {
-    return { blocks: guestMemoryBlocks() };
+    return { blocks: fromOs("the memory blocks", () => guestMemoryBlocks()) };
   }
 
   getMemoryBlockInfo(): Result<"get_memory_block_info"> {
-    return guestMemoryBlockInfo();
+    return fromOs("the memory block size", () => guestMemoryBlockInfo());
   }
 
   setMemoryBlocks(params: Params<"set_memory_blocks">): Result<"set_memory_blocks"> {
