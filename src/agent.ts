@@ -72,6 +72,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
       execRecordsMax: config.limits.exec_records_max,
       files: qgaFiles,
       filesEnabled: config.security.enable_file_copy,
+      systemChangesEnabled: config.security.enable_system_changes,
+      credentialsEnabled: config.security.enable_credentials,
       power: services.power,
       fsfreeze,
       blockRpcs: config.qga.block_rpcs,

@@ -3,6 +3,7 @@ import { ExecManager } from "./exec/exec-service.ts";
 import { FsFreeze } from "./fsfreeze/fsfreeze.ts";
 import { linuxFreezeOps } from "./fsfreeze/linux.ts";
 import { FileManager } from "./files/file-service.ts";
+import { LinuxGuest } from "./guest/guest-service.ts";
 import type { AuditLog } from "./log/audit.ts";
 import type { Logger } from "./log/logger.ts";
 import { ProcMetrics } from "./metrics/metrics.ts";
@@ -18,5 +19,6 @@ export function createServices(config: AgentConfig, logger: Logger, audit: Audit
     users: new UtmpUsers(),
     power: new PowerController(logger, audit),
     fsfreeze: new FsFreeze(config.qga.state_dir, config.fsfreeze.hook || undefined, linuxFreezeOps, logger),
+    guest: new LinuxGuest(),
   };
 }

@@ -50,12 +50,35 @@ export interface PowerService {
   request(action: "poweroff" | "reboot" | "halt", params: Params<"shutdown">): Answer<Result<"shutdown">>;
 }
 
+/** The guest's clock, hardware, disks and accounts (src/guest), shaped for the native protocol. */
+export interface GuestService {
+  getTime(): Result<"get_time">;
+  setTime(params: Params<"set_time">): Promise<Result<"set_time">>;
+  getTimezone(): Result<"get_timezone">;
+  getOsInfo(): Result<"get_os_info">;
+  getVcpus(): Result<"get_vcpus">;
+  setVcpus(params: Params<"set_vcpus">): Result<"set_vcpus">;
+  getNetworkInterfaces(): Result<"get_network_interfaces">;
+  getFsinfo(): Result<"get_fsinfo">;
+  getDisks(): Result<"get_disks">;
+  getDiskstats(): Result<"get_diskstats">;
+  getMemoryBlocks(): Result<"get_memory_blocks">;
+  getMemoryBlockInfo(): Result<"get_memory_block_info">;
+  setMemoryBlocks(params: Params<"set_memory_blocks">): Result<"set_memory_blocks">;
+  fstrim(params: Params<"fstrim">): Result<"fstrim">;
+  setUserPassword(params: Params<"set_user_password">): Promise<Result<"set_user_password">>;
+  sshGetAuthorizedKeys(params: Params<"ssh_get_authorized_keys">): Result<"ssh_get_authorized_keys">;
+  sshAddAuthorizedKeys(params: Params<"ssh_add_authorized_keys">): Result<"ssh_add_authorized_keys">;
+  sshRemoveAuthorizedKeys(params: Params<"ssh_remove_authorized_keys">): Result<"ssh_remove_authorized_keys">;
+}
+
 export interface Services {
   exec: ExecService;
   files: FileService;
   metrics: MetricsService;
   users: UsersService;
   power: PowerService;
+  guest: GuestService;
   /** Shared by both protocols: a freeze asked for on one port gates the other. */
   fsfreeze: FsFreeze;
 }

@@ -22,7 +22,14 @@ function configError(text: string): string {
 describe("config file", () => {
   test("an empty file means the seed's safe defaults", () => {
     const config = parseConfigText("", FILE);
-    expect(config.security).toEqual({ enable_exec: false, allowed_commands: [], enable_file_copy: true, allowed_file_paths: ["/tmp", "/var/tmp"] });
+    expect(config.security).toEqual({
+      enable_exec: false,
+      allowed_commands: [],
+      enable_file_copy: true,
+      allowed_file_paths: ["/tmp", "/var/tmp"],
+      enable_system_changes: true,
+      enable_credentials: true,
+    });
     expect(config.transport).toEqual({ enabled: true, type: "virtio-serial", path: "/dev/virtio-ports/org.kvmmanager.agent.0", vsock_port: 9100 });
     expect(config.limits.max_frame_bytes).toBe(16 * 1024 * 1024);
   });

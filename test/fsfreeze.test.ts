@@ -235,6 +235,8 @@ describe("frozen state in the dispatchers", () => {
       execRecordsMax: 8,
       files: new QgaFiles(new PathPolicy(["/tmp"]), config.qga.state_dir, 4),
       filesEnabled: true,
+      systemChangesEnabled: true,
+      credentialsEnabled: true,
       power: services.power,
       fsfreeze: services.fsfreeze,
       blockRpcs: ["guest-get-time", "guest-sync"],

@@ -8,7 +8,7 @@ import { QgaFiles } from "../src/qga/files.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
 import { MemoryAudit } from "./helpers/in-memory.ts";
 
-function dispatcher(platform: NodeJS.Platform) {
+function dispatcher(platform: NodeJS.Platform, switches: { systemChangesEnabled?: boolean; credentialsEnabled?: boolean } = {}) {
   const config = defaultConfig();
   config.qga.state_dir = makeTempDir("kma-qga-state-");
   const audit = new MemoryAudit();
@@ -22,11 +22,14 @@ function dispatcher(platform: NodeJS.Platform) {
     execRecordsMax: 8,
     files: new QgaFiles(new PathPolicy(["/tmp"]), makeTempDir("kma-qga-state-"), 4),
     filesEnabled: true,
+    systemChangesEnabled: true,
+    credentialsEnabled: true,
     power: services.power,
     fsfreeze: services.fsfreeze,
     blockRpcs: [],
     allowRpcs: [],
     platform,
+    ...switches,
   });
 }
 
@@ -43,4 +46,15 @@ test("on Windows, until its platform layer lands: sync, ping and info answer; th
 test("on Linux the same commands run", async () => {
   const reply = await dispatcher("linux").handle({ execute: "guest-get-osinfo" }, "test");
   expect(JSON.parse(reply!.line).return.machine).toBeString();
+});
+
+test("[security] switches: system changes and credentials off answer as qemu-ga's -b does, and guest-info says so", async () => {
+  const qga = dispatcher("linux", { systemChangesEnabled: false, credentialsEnabled: false });
+  for (const execute of ["guest-set-time", "guest-set-vcpus", "guest-set-memory-blocks", "guest-fstrim", "guest-set-user-password", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]) {
+    expect((await qga.handle({ execute, arguments: { bogus: 1 } }, "test"))!.line).toBe(`{"error": {"class": "CommandNotFound", "desc": "Command ${execute} has been disabled"}}`);
+  }
+  const info = JSON.parse((await qga.handle({ execute: "guest-info" }, "test"))!.line).return.supported_commands as { name: string; enabled: boolean }[];
+  expect(info.filter((c) => !c.enabled).map((c) => c.name).sort()).toEqual(
+    ["guest-fstrim", "guest-set-memory-blocks", "guest-set-time", "guest-set-user-password", "guest-set-vcpus", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"].sort(),
+  );
 });

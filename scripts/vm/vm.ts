@@ -72,8 +72,11 @@ export function newestKernel(): string {
 export async function guestImage(agentBinary: string): Promise<string> {
   mkdirSync(CACHE, { recursive: true });
   const script = join(import.meta.dir, "build-initramfs.sh");
-  // Debian's qemu-ga (the benchmark baseline) and chpasswd (guest-set-user-password), copied with their libraries.
-  const hostTools = ["/usr/sbin/qemu-ga", "/usr/sbin/chpasswd"].filter((tool) => existsSync(tool));
+  // Debian's qemu-ga (the benchmark baseline) and chpasswd (set_user_password), copied with their libraries;
+  // chpasswd hashes a plain password through PAM, so its config and the modules that config names come too.
+  // (libpam looks for modules in /lib/x86_64-linux-gnu/security, which is not /usr/lib in the guest: no merged /usr.)
+  const pam = ["/etc/pam.d/chpasswd", "/etc/pam.d/common-password", ...["pam_unix.so", "pam_deny.so", "pam_permit.so"].map((m) => `/lib/x86_64-linux-gnu/security/${m}`)];
+  const hostTools = ["/usr/sbin/qemu-ga", "/usr/sbin/chpasswd", ...pam].filter((tool) => existsSync(tool));
   const hash = createHash("sha256");
   for (const file of [agentBinary, script, ...hostTools]) {
     const st = statSync(file);

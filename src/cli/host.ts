@@ -19,6 +19,7 @@ export function hostMethod(verb: string): MethodName | undefined {
 export const HOST_USAGE = `Host commands (talk to an agent through the VM's chardev unix socket):
   kvm-manager-agent call METHOD [PARAMS_JSON] --socket PATH [--json] [--timeout MS] [--wait MS]
   kvm-manager-agent METHOD [PARAMS_JSON] --socket PATH ...   (METHOD: ${METHOD_NAMES.join(", ")})
+                  PARAMS_JSON "-" reads the params from stdin, keeping a password off the command line
   kvm-manager-agent methods                                  list methods and what they do
 ${TRANSFER_USAGE}
 
@@ -31,7 +32,8 @@ ${TRANSFER_USAGE}
 Exit status: 0 on success, 1 when the agent answered with an error, 2 on usage errors, 3 when the agent could not be reached.`;
 
 export function listMethods(): string {
-  return METHOD_NAMES.map((name) => `${name.padEnd(12)} ${METHODS[name].summary}`).join("\n");
+  const width = Math.max(...METHOD_NAMES.map((name) => name.length));
+  return METHOD_NAMES.map((name) => `${name.padEnd(width)}  ${METHODS[name].summary}`).join("\n");
 }
 
 /** The flags every host verb takes to reach an agent. */
@@ -83,7 +85,13 @@ export function parseVerbArgs<const O extends ParseArgsOptionsConfig>(argv: stri
 }
 
 /** Runs a host verb; returns the process exit code. */
-export async function runHostCommand(verb: string, argv: string[], out = console.log, err = console.error): Promise<number> {
+export async function runHostCommand(
+  verb: string,
+  argv: string[],
+  out = console.log,
+  err = console.error,
+  stdin: () => Promise<string> = () => Bun.stdin.text(),
+): Promise<number> {
   const parsed = parseVerbArgs(argv, { ...CONNECTION_OPTIONS, json: { type: "boolean" } });
   const positionals = [...parsed.positionals];
   const methodArg = verb === "call" ? positionals.shift() : verb;
@@ -93,8 +101,10 @@ export async function runHostCommand(verb: string, argv: string[], out = console
   if (positionals.length > 1) throw new UsageError(`unexpected arguments: ${positionals.slice(1).join(" ")}`);
   let params: object = {};
   if (positionals[0] !== undefined) {
+    // Arguments are visible to every user of the host (ps, /proc/PID/cmdline); stdin is not.
+    const text = positionals[0] === "-" ? await stdin() : positionals[0];
     try {
-      params = JSON.parse(positionals[0]);
+      params = JSON.parse(text);
     } catch (error) {
       throw new UsageError(`PARAMS_JSON is not valid JSON: ${(error as Error).message}`);
     }

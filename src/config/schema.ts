@@ -71,6 +71,14 @@ export const configSchema = z.strictObject({
       allowed_commands: z.array(z.string().min(1)).default([]),
       enable_file_copy: z.boolean().default(true),
       allowed_file_paths: z.array(absolutePath).default(["/tmp", "/var/tmp"]),
+      enable_system_changes: z
+        .boolean()
+        .default(true)
+        .describe("set_time, set_vcpus, set_memory_blocks, fstrim and their QGA commands (qemu-ga serves them by default)"),
+      enable_credentials: z
+        .boolean()
+        .default(true)
+        .describe("set_user_password, ssh_add/remove_authorized_keys and their QGA commands (qemu-ga serves them by default)"),
     })
     .prefault({}),
   limits: z

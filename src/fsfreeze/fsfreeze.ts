@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { errnoOf } from "../files/fsx.ts";
 import type { Logger } from "../log/logger.ts";
 import { RpcError } from "../protocol/errors.ts";
-import { strerror } from "../qga/errors.ts";
+import { strerror } from "../guest/errors.ts";
 
 /** Something that writes to disk and can keep its writes in memory while filesystems are frozen. */
 export interface Holdable {

@@ -3,8 +3,8 @@ import { closeSync, openSync } from "node:fs";
 import { constants } from "node:os";
 import { errno, errnoName, libc } from "../platform/linux/libc.ts";
 import { RpcError } from "../protocol/errors.ts";
-import { strerror, strerrorOf } from "../qga/errors.ts";
-import { blockMounts } from "../qga/inventory.ts";
+import { strerror, strerrorOf } from "../guest/errors.ts";
+import { blockMounts } from "../guest/inventory.ts";
 import type { FreezeOps } from "./fsfreeze.ts";
 
 /** _IOWR('X', 119, int) and _IOWR('X', 120, int). */

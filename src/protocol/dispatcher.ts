@@ -3,11 +3,13 @@
  * handler. Every call is audited; no error escapes as an exception.
  */
 import type { AgentConfig } from "../config/schema.ts";
+import { GuestError } from "../guest/errors.ts";
 import { ping } from "../handlers/ping.ts";
 import { currentOsIdentity, getInfo } from "../info/info.ts";
 import type { OsIdentity } from "../info/os-identity.ts";
 import type { AuditLog } from "../log/audit.ts";
 import type { Logger } from "../log/logger.ts";
+import { GUEST_METHODS } from "../schema/guest.ts";
 import { describeIssues, fieldIssues, isMethodName, METHOD_NAMES, METHODS, type MethodName, type Params } from "../schema/methods.ts";
 import type { CallContext, Services } from "../services.ts";
 import { errorCode, RpcError } from "./errors.ts";
@@ -31,10 +33,18 @@ const LINUX_ONLY = new Set<MethodName>([
   "exec", "exec_start", "exec_status", "exec_kill",
   "copy_to_guest", "copy_from_guest", "upload_start", "upload_chunk", "upload_commit", "upload_abort", "copy_archive_to_guest",
   "fsfreeze_status", "fsfreeze_freeze", "fsfreeze_thaw",
+  ...(Object.keys(GUEST_METHODS) as (keyof typeof GUEST_METHODS)[]),
 ]);
 
-/** What runs while filesystems are frozen: reads of /proc, /sys and utmp, and the thaw (writes would block the agent). */
-const FROZEN_SAFE = new Set<MethodName>(["ping", "get_info", "get_metrics", "get_users", "fsfreeze_status", "fsfreeze_thaw"]);
+/** A guest operation's failure, as the native protocol answers it (QGA answers the same failure in qemu-ga's words). */
+const GUEST_ERROR_CODES = { failed: "OPERATION_FAILED", not_found: "NOT_FOUND", invalid: "INVALID_PARAMS" } as const;
+
+/** What runs while filesystems are frozen: reads of /proc, /sys, utmp and the clock, and the thaw (writes would block the agent). */
+const FROZEN_SAFE = new Set<MethodName>([
+  "ping", "get_info", "get_metrics", "get_users", "fsfreeze_status", "fsfreeze_thaw",
+  "get_time", "get_timezone", "get_os_info", "get_vcpus", "get_network_interfaces", "get_fsinfo", "get_disks", "get_diskstats",
+  "get_memory_blocks", "get_memory_block_info",
+]);
 
 export class Dispatcher implements RequestHandler {
   private readonly methodTable: { name: string; enabled: boolean }[];
@@ -49,6 +59,15 @@ export class Dispatcher implements RequestHandler {
   isEnabled(name: MethodName): boolean {
     const { security } = this.deps.config;
     switch (name) {
+      case "set_time":
+      case "set_vcpus":
+      case "set_memory_blocks":
+      case "fstrim":
+        return security.enable_system_changes;
+      case "set_user_password":
+      case "ssh_add_authorized_keys":
+      case "ssh_remove_authorized_keys":
+        return security.enable_credentials;
       case "exec":
       case "exec_start":
       case "exec_status":
@@ -119,7 +138,7 @@ export class Dispatcher implements RequestHandler {
     if (this.platform === "win32" && LINUX_ONLY.has(method)) {
       throw new RpcError("UNSUPPORTED_OS", `Method '${method}' is not supported on Windows guests yet`, { method, os: "windows" });
     }
-    const { exec, files, metrics, users, power, fsfreeze } = this.deps.services;
+    const { exec, files, metrics, users, power, guest, fsfreeze } = this.deps.services;
     if (fsfreeze.status === "frozen" && !FROZEN_SAFE.has(method)) {
       throw new RpcError("FROZEN", `Method '${method}' is refused while filesystems are frozen: call fsfreeze_thaw first`, { method });
     }
@@ -160,6 +179,52 @@ export class Dispatcher implements RequestHandler {
         return files.uploadAbort(this.parseParams("upload_abort", params));
       case "copy_archive_to_guest":
         return files.unpackArchive(this.parseParams("copy_archive_to_guest", params));
+      case "get_time":
+        this.parseParams("get_time", params);
+        return guest.getTime();
+      case "set_time":
+        return guest.setTime(this.parseParams("set_time", params));
+      case "get_timezone":
+        this.parseParams("get_timezone", params);
+        return guest.getTimezone();
+      case "get_os_info":
+        this.parseParams("get_os_info", params);
+        return guest.getOsInfo();
+      case "get_vcpus":
+        this.parseParams("get_vcpus", params);
+        return guest.getVcpus();
+      case "set_vcpus":
+        return guest.setVcpus(this.parseParams("set_vcpus", params));
+      case "get_network_interfaces":
+        this.parseParams("get_network_interfaces", params);
+        return guest.getNetworkInterfaces();
+      case "get_fsinfo":
+        this.parseParams("get_fsinfo", params);
+        return guest.getFsinfo();
+      case "get_disks":
+        this.parseParams("get_disks", params);
+        return guest.getDisks();
+      case "get_diskstats":
+        this.parseParams("get_diskstats", params);
+        return guest.getDiskstats();
+      case "get_memory_blocks":
+        this.parseParams("get_memory_blocks", params);
+        return guest.getMemoryBlocks();
+      case "get_memory_block_info":
+        this.parseParams("get_memory_block_info", params);
+        return guest.getMemoryBlockInfo();
+      case "set_memory_blocks":
+        return guest.setMemoryBlocks(this.parseParams("set_memory_blocks", params));
+      case "fstrim":
+        return guest.fstrim(this.parseParams("fstrim", params));
+      case "set_user_password":
+        return guest.setUserPassword(this.parseParams("set_user_password", params));
+      case "ssh_get_authorized_keys":
+        return guest.sshGetAuthorizedKeys(this.parseParams("ssh_get_authorized_keys", params));
+      case "ssh_add_authorized_keys":
+        return guest.sshAddAuthorizedKeys(this.parseParams("ssh_add_authorized_keys", params));
+      case "ssh_remove_authorized_keys":
+        return guest.sshRemoveAuthorizedKeys(this.parseParams("ssh_remove_authorized_keys", params));
       case "fsfreeze_status":
         this.parseParams("fsfreeze_status", params);
         return { status: fsfreeze.status };
@@ -184,6 +249,7 @@ export class Dispatcher implements RequestHandler {
 
   private toErrorResponse(id: RequestId, method: string, error: unknown): Response {
     if (error instanceof RpcError) return errorResponse(id, error.code, error.message, error.data);
+    if (error instanceof GuestError) return errorResponse(id, errorCode(GUEST_ERROR_CODES[error.reason]), error.message);
     this.deps.logger.error("handler failed", { method, error: String(error) });
     return errorResponse(id, errorCode("INTERNAL_ERROR"), `Internal error: ${(error as Error)?.message ?? String(error)}`);
   }

@@ -8,12 +8,15 @@ import type { AuditLog } from "../log/audit.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec } from "./exec.ts";
-import { guestSetTime, UNSUPPORTED } from "./time.ts";
-import { guestFstrim } from "./fstrim.ts";
-import { guestSetUserPassword } from "./password.ts";
-import { QgaSshKeys } from "./ssh.ts";
-import { guestTimezone } from "./timezone.ts";
+import { GuestError, UNSUPPORTED } from "../guest/errors.ts";
+import { guestFstrim } from "../guest/fstrim.ts";
+import { setUserPassword } from "../guest/password.ts";
+import { SshKeys } from "../guest/ssh.ts";
+import { realtimeNs, setTime } from "../guest/time.ts";
+import { guestTimezone } from "../guest/timezone.ts";
 import type { QgaFiles } from "./files.ts";
+import { qgaPassword } from "./password.ts";
+import { qapiMemoryBlockResponses, qapiNames } from "./shape.ts";
 import {
   guestCpuStats,
   guestDisks,
@@ -26,9 +29,8 @@ import {
   guestOsInfo,
   guestSetMemoryBlocks,
   guestSetVcpus,
-  guestTime,
   guestVcpus,
-} from "./inventory.ts";
+} from "../guest/inventory.ts";
 import type { FsFreeze } from "../fsfreeze/fsfreeze.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
@@ -71,23 +73,30 @@ export interface QgaDispatcherDeps {
   allowRpcs: readonly string[];
   /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
   platform?: NodeJS.Platform;
+  /** [security] enable_system_changes: guest-set-time, -set-vcpus, -set-memory-blocks, -fstrim. */
+  systemChangesEnabled: boolean;
+  /** [security] enable_credentials: guest-set-user-password, -ssh-add- and -ssh-remove-authorized-keys. */
+  credentialsEnabled: boolean;
   /** Whose ~/.ssh the guest-ssh-* commands edit; tests point it at a scratch home. */
-  sshKeys?: QgaSshKeys;
+  sshKeys?: SshKeys;
 }
 
 /** What qemu-ga serves while filesystems are frozen: nothing that could write to them. */
 const FROZEN_SAFE = new Set<QgaCommandName>(["guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status", "guest-fsfreeze-thaw"]);
+/** The security policy's switches (the native methods they match follow the same ones). */
+const SYSTEM_CHANGES = new Set<QgaCommandName>(["guest-set-time", "guest-set-vcpus", "guest-set-memory-blocks", "guest-fstrim"]);
+const CREDENTIALS = new Set<QgaCommandName>(["guest-set-user-password", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]);
 
 /** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */
 const PORTABLE = new Set<QgaCommandName>(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
 
 export class QgaDispatcher {
   private readonly exec: QgaExec;
-  private readonly sshKeys: QgaSshKeys;
+  private readonly sshKeys: SshKeys;
 
   constructor(private readonly deps: QgaDispatcherDeps) {
     this.exec = new QgaExec(deps.exec, deps.execRecordsMax);
-    this.sshKeys = deps.sshKeys ?? new QgaSshKeys();
+    this.sshKeys = deps.sshKeys ?? new SshKeys();
   }
 
   /** Switched off by config or policy (see isConfigured), or for the time filesystems are frozen. */
@@ -103,6 +112,8 @@ export class QgaDispatcher {
   private isConfigured(command: QgaCommandName): boolean {
     if ((command === "guest-exec" || command === "guest-exec-status") && !this.deps.execEnabled) return false;
     if (command.startsWith("guest-file-") && !this.deps.filesEnabled) return false;
+    if (SYSTEM_CHANGES.has(command) && !this.deps.systemChangesEnabled) return false;
+    if (CREDENTIALS.has(command) && !this.deps.credentialsEnabled) return false;
     if (this.deps.allowRpcs.length > 0) return this.deps.allowRpcs.includes(command);
     return !this.deps.blockRpcs.includes(command);
   }
@@ -133,7 +144,14 @@ export class QgaDispatcher {
       if (!QGA_COMMANDS[command].successResponse) return null;
       return { line: qmpStringify(id === undefined ? { return: result } : { return: result, id }), delimited: command === "guest-sync-delimited" };
     } catch (error) {
-      const qgaError = error instanceof QgaError ? error : error instanceof RpcError ? genericError(error.message) : this.internal(command, error);
+      const qgaError =
+        error instanceof QgaError
+          ? error
+          : error instanceof GuestError
+            ? genericError(error.qemuDesc)
+            : error instanceof RpcError
+              ? genericError(error.message)
+              : this.internal(command, error);
       this.audit(command, id, transport, started, qgaError);
       return { line: errorLine(qgaError, id), delimited: false };
     }
@@ -152,39 +170,40 @@ export class QgaDispatcher {
       case "guest-get-host-name":
         return { "host-name": os.hostname() };
       case "guest-get-time":
-        return guestTime();
+        return (realtimeNs() / 1000n) * 1000n; // qemu-ga's microsecond precision
       case "guest-set-time": {
         const time = args(command).time;
-        return guestSetTime(time === undefined ? undefined : BigInt(time));
+        await setTime(time === undefined ? undefined : BigInt(time));
+        return {};
       }
       case "guest-get-timezone":
         return guestTimezone();
       case "guest-get-osinfo":
-        return guestOsInfo();
+        return qapiNames(guestOsInfo());
       case "guest-get-users":
         return this.deps.users.qgaUsers();
       case "guest-get-vcpus":
-        return guestVcpus();
+        return qapiNames(guestVcpus());
       case "guest-set-vcpus":
-        return guestSetVcpus(args(command).vcpus);
+        return guestSetVcpus(args(command).vcpus.map((vcpu) => ({ logical_id: vcpu["logical-id"], online: vcpu.online })));
       case "guest-get-load":
         return guestLoad();
       case "guest-network-get-interfaces":
-        return guestNetworkInterfaces();
+        return qapiNames(guestNetworkInterfaces());
       case "guest-get-cpustats":
         return guestCpuStats();
       case "guest-get-diskstats":
-        return guestDiskStats();
+        return qapiNames(guestDiskStats());
       case "guest-get-fsinfo":
-        return guestFsInfo();
+        return qapiNames(guestFsInfo());
       case "guest-get-disks":
-        return guestDisks();
+        return qapiNames(guestDisks());
       case "guest-get-memory-blocks":
-        return guestMemoryBlocks();
+        return qapiNames(guestMemoryBlocks());
       case "guest-get-memory-block-info":
         return guestMemoryBlockInfo();
       case "guest-set-memory-blocks":
-        return guestSetMemoryBlocks(args(command)["mem-blks"]);
+        return qapiMemoryBlockResponses(guestSetMemoryBlocks(args(command)["mem-blks"].map((block) => ({ phys_index: block["phys-index"], online: block.online }))));
       case "guest-file-open": {
         const { path, mode } = args(command);
         return this.deps.files.open(path, mode);
@@ -228,7 +247,8 @@ export class QgaDispatcher {
         return this.deps.fsfreeze.thaw();
       case "guest-set-user-password": {
         const { username, password, crypted } = args(command);
-        return guestSetUserPassword(username, password, crypted);
+        await setUserPassword(username, qgaPassword(password), crypted);
+        return {};
       }
       case "guest-ssh-get-authorized-keys":
         return this.sshKeys.get(args(command).username);

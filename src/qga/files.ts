@@ -11,7 +11,8 @@ import { join } from "node:path";
 import type { PathPolicy } from "../files/paths.ts";
 import { RpcError } from "../protocol/errors.ts";
 import { decodeQemuBase64 } from "./base64.ts";
-import { genericError, STRERROR, strerror } from "./errors.ts";
+import { STRERROR, strerror } from "../guest/errors.ts";
+import { genericError } from "./errors.ts";
 
 const FIRST_HANDLE = 1000;
 /** qemu-ga's default and ceiling for guest-file-read. */

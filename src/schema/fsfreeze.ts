@@ -11,7 +11,7 @@ export const FSFREEZE_METHODS = {
   fsfreeze_freeze: {
     summary:
       "Freeze block-backed filesystems (FIFREEZE, last-mounted first) for a consistent snapshot, after running the fsfreeze hook with 'freeze'. " +
-      "Until fsfreeze_thaw, both protocols answer only the calls that cannot write to disk (ping, get_info, get_metrics, get_users, fsfreeze_status, fsfreeze_thaw), " +
+      "Until fsfreeze_thaw, both protocols answer only the calls that cannot write to disk (ping, get_info, get_metrics, get_users, the get_* inventory reads, fsfreeze_status, fsfreeze_thaw), " +
       "the audit and log are held in memory, and the agent will not stop. A failure thaws what froze.",
     params: z.strictObject({
       mountpoints: z.array(z.string().min(1)).optional().describe("Only these mountpoints (exact paths as mounted); all block-backed filesystems when absent"),

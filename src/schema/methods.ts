@@ -7,6 +7,7 @@ import { z } from "zod";
 import { EXEC_METHODS, EXEC_NOTIFICATIONS } from "./exec.ts";
 import { FILE_METHODS } from "./files.ts";
 import { FSFREEZE_METHODS } from "./fsfreeze.ts";
+import { GUEST_METHODS } from "./guest.ts";
 import { SYSTEM_METHODS } from "./system.ts";
 
 /** Bumped when a method changes shape incompatibly; new methods show up in get_info instead. */
@@ -55,7 +56,7 @@ const CORE_METHODS = {
   },
 } as const;
 
-export const METHODS = { ...CORE_METHODS, ...SYSTEM_METHODS, ...EXEC_METHODS, ...FILE_METHODS, ...FSFREEZE_METHODS };
+export const METHODS = { ...CORE_METHODS, ...SYSTEM_METHODS, ...EXEC_METHODS, ...FILE_METHODS, ...GUEST_METHODS, ...FSFREEZE_METHODS };
 
 /** What the agent sends unasked, as JSON-RPC notifications. */
 export const NOTIFICATIONS = { ...EXEC_NOTIFICATIONS };

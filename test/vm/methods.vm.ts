@@ -1,8 +1,10 @@
 /**
  * The rest of the native methods on a real guest, over real virtio-serial:
- * streamed exec, small atomic copies, an aborted upload, and an archive
- * swapped in atomically. (ping, get_info, exec, push/pull, metrics, users and
- * power have their own VM tests.)
+ * streamed exec, small atomic copies, an aborted upload, an archive
+ * swapped in atomically, and the guest methods that change the guest (its
+ * clock, CPUs, memory blocks, disk, root's password and ssh keys), checked
+ * from inside it. (ping, get_info, exec, push/pull, metrics, users and power
+ * have their own VM tests.)
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
@@ -100,4 +102,104 @@ test("copy_archive_to_guest unpacks a .tar.gz into place, and refuses an archive
   } finally {
     rmSync(local, { recursive: true, force: true });
   }
+}, 60_000);
+
+/** A command's stdout in the guest (exec is on in the test VM). */
+async function inGuest(script: string): Promise<string> {
+  const run = await client.exec({ command: "sh", args: ["-c", script] }, { timeoutMs: 30_000 });
+  expect(run.exit_code).toBe(0);
+  return text(run.stdout_base64);
+}
+
+const refusal = (call: Promise<unknown>) => call.then(() => { throw new Error("expected a refusal"); }, (error: AgentRpcError) => error);
+
+test("guest inventory from inside the guest: OS, vCPUs, interfaces, disks, memory blocks", async () => {
+  expect(await client.getOsInfo()).toMatchObject({ machine: "x86_64", kernel_release: expect.stringMatching(/cloud-amd64$/) });
+  expect(await client.getVcpus()).toEqual({ vcpus: [{ logical_id: 0, online: true, can_offline: false }] });
+  const { interfaces } = await client.getNetworkInterfaces();
+  expect(interfaces.map((i) => i.name)).toEqual(["lo", "eth0"]);
+  expect(interfaces[1]!.hardware_address).toBe("52:54:00:12:34:56"); // QEMU's default NIC address
+  expect((await client.getDisks()).disks).toContainEqual(expect.objectContaining({ name: "/dev/vda", partition: false }));
+  expect((await client.getDiskstats()).disks.map((d) => d.name)).toContain("vda");
+  const { blocks } = await client.getMemoryBlocks();
+  expect(blocks.length).toBeGreaterThan(0);
+  expect((await client.getMemoryBlockInfo()).size).toBeGreaterThan(0);
+  expect(await client.setMemoryBlocks({ blocks: [{ phys_index: 999_999, online: true }] })).toEqual({
+    results: [{ phys_index: 999_999, response: "not_found", error_code: 2 }],
+  });
+  // The highest removable block offline and back, when the kernel lets it go (it may refuse: operation_failed).
+  const candidate = blocks.filter((b) => b.online && b.can_offline).sort((a, b) => b.phys_index - a.phys_index)[0];
+  if (candidate) {
+    const set = async (online: boolean) => (await client.setMemoryBlocks({ blocks: [{ phys_index: candidate.phys_index, online }] })).results[0]!;
+    const offline = await set(false);
+    expect(["success", "operation_failed"]).toContain(offline.response);
+    if (offline.response === "success") {
+      expect((await inGuest(`cat /sys/devices/system/memory/memory${candidate.phys_index}/state`)).trim()).toBe("offline");
+      expect((await set(true)).response).toBe("success");
+    }
+  }
+}, 60_000);
+
+test("set_vcpus: the one vCPU stays online; taking it offline, or a CPU that is not there, is refused", async () => {
+  expect(await client.setVcpus({ vcpus: [{ logical_id: 0, online: true }] })).toEqual({ processed: 1 });
+  const offline = await refusal(client.setVcpus({ vcpus: [{ logical_id: 0, online: false }] }));
+  expect(offline).toMatchObject({ code: -32000 });
+  expect(offline.message).toContain("logical processor #0 can't be offlined");
+  expect(await refusal(client.setVcpus({ vcpus: [{ logical_id: 3, online: true }] }))).toMatchObject({ code: -32002 });
+  expect((await inGuest("cat /sys/devices/system/cpu/online")).trim()).toBe("0");
+}, 60_000);
+
+test("fstrim trims the guest's mounted virtio disk; get_fsinfo shows it with its address", async () => {
+  await inGuest("mke2fs -q /dev/vda && mkdir -p /mnt/data && mount -t ext2 /dev/vda /mnt/data && echo ok");
+  const { filesystems } = await client.getFsinfo();
+  const data = filesystems.find((fs) => fs.mountpoint === "/mnt/data")!;
+  expect(data).toMatchObject({ name: "vda", type: "ext2", disk: [expect.objectContaining({ bus_type: "virtio", dev: "/dev/vda" })] });
+  const { paths } = await client.fstrim({ minimum: 4096 });
+  const trimmed = paths.find((entry) => entry.path === "/mnt/data")!;
+  expect(trimmed.minimum).toBe(4096);
+  expect(trimmed.trimmed).toBeGreaterThan(1024 * 1024);
+}, 60_000);
+
+test("ssh_*_authorized_keys edit root's ~/.ssh as sshd needs it", async () => {
+  const keyA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA native-a";
+  const keyB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB native-b";
+  expect(await client.sshAddAuthorizedKeys({ username: "root", keys: [keyA, keyB], reset: true })).toEqual({});
+  expect(await client.sshAddAuthorizedKeys({ username: "root", keys: [keyA] })).toEqual({});
+  expect(await client.sshGetAuthorizedKeys({ username: "root" })).toEqual({ keys: [keyB, keyA] });
+  expect(await inGuest("stat -c '%a %u %n' /root/.ssh /root/.ssh/authorized_keys")).toBe("700 0 /root/.ssh\n600 0 /root/.ssh/authorized_keys\n");
+  expect(await client.sshRemoveAuthorizedKeys({ username: "root", keys: [keyA] })).toEqual({});
+  expect(await inGuest("cat /root/.ssh/authorized_keys")).toBe(keyB);
+  expect(await refusal(client.sshGetAuthorizedKeys({ username: "kma-nobody" }))).toMatchObject({ code: -32002 });
+}, 60_000);
+
+test("set_user_password sets root's password in the guest: a crypt(3) hash as given, a plain one hashed by chpasswd", async () => {
+  // The image has no /etc/shadow, which pam_unix (chpasswd's way to hash a plain password) needs: give it one, as a distribution has.
+  await inGuest("echo 'root:*:20000:0:99999:7:::' > /etc/shadow && chmod 600 /etc/shadow");
+  const shadowRoot = async () => (await inGuest("grep '^root:' /etc/shadow")).split(":")[1]!;
+  const hash = "$6$kmanative$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ./0123456789abcdefghijk";
+  expect(await client.setUserPassword({ username: "root", password: hash, crypted: true })).toEqual({});
+  expect(await shadowRoot()).toBe(hash);
+  expect(await client.setUserPassword({ username: "root", password: "kma plain pässword" })).toEqual({});
+  const stored = await shadowRoot();
+  expect(stored).not.toBe(hash);
+  expect(stored).toMatch(/^\$\w+\$/);
+  expect(await refusal(client.setUserPassword({ username: "kma-nobody", password: "x" }))).toMatchObject({ code: -32000 });
+  expect(await inGuest("cat /tmp/audit.jsonl")).not.toContain("pässword");
+}, 60_000);
+
+test("set_time sets the guest's clock and its RTC; set_time without seconds reads the RTC back", async () => {
+  const target = 1_900_000_000; // 2030-03-17
+  const set = await client.setTime({ seconds: target, nanoseconds: 500_000_000 });
+  expect(Math.abs(set.seconds - target)).toBeLessThan(30);
+  // The system clock back to the host's time, then from the RTC, which set_time wrote: 2030 again.
+  const now = await client.setTime({ seconds: Math.floor(Date.now() / 1000) });
+  expect(Math.abs(now.seconds - Date.now() / 1000)).toBeLessThan(30);
+  await client.setTime({ seconds: target });
+  const host = Math.floor(Date.now() / 1000);
+  await inGuest(`date -s @${host} >/dev/null && echo ok`);
+  const fromRtc = await client.setTime({});
+  expect(Math.abs(fromRtc.seconds - target)).toBeLessThan(30);
+  expect(Math.abs((await client.getTime()).seconds - target)).toBeLessThan(30);
+  await client.setTime({ seconds: Math.floor(Date.now() / 1000) });
+  expect(await refusal(client.setTime({ seconds: 4_102_444_800 }))).toMatchObject({ code: -32602 });
 }, 60_000);

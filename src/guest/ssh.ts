@@ -1,5 +1,5 @@
 /**
- * guest-ssh-get/add/remove-authorized-keys: a user's ~/.ssh/authorized_keys
+ * A user's ~/.ssh/authorized_keys (guest-ssh-*-authorized-keys and the native ssh_*_authorized_keys)
  * edited as qemu-ga edits it (qga/commands-posix-ssh.c) — lines split on
  * "\n" and joined back without a trailing newline, keys never duplicated,
  * get listing the non-comment lines last-first — so KubeVirt's and
@@ -15,7 +15,7 @@ import { closeSync, constants, fchmodSync, fchownSync, lstatSync, mkdirSync, ope
 import { dirname, join } from "node:path";
 import { errnoOf } from "../files/fsx.ts";
 import { findTool } from "../power/power.ts";
-import { genericError, strerror } from "./errors.ts";
+import { failed, GuestError, strerror } from "./errors.ts";
 
 export interface PasswdEntry {
   uid: number;
@@ -44,7 +44,7 @@ export function lookupPasswd(username: string): PasswdEntry | null {
   return getent.exitCode === 0 ? fromLine(getent.stdout.toString().trim()) : null;
 }
 
-export class QgaSshKeys {
+export class SshKeys {
   constructor(private readonly lookup: (username: string) => PasswdEntry | null = lookupPasswd) {}
 
   get(username: string): { keys: string[] } {
@@ -86,7 +86,7 @@ export class QgaSshKeys {
   private user(username: string): PasswdEntry {
     const user = this.lookup(username);
     // qemu-ga's words, errno and all: glib leaves errno 0 for a user that does not exist.
-    if (!user) throw genericError(`failed to lookup user '${username}': Success`);
+    if (!user) throw new GuestError("not_found", `failed to lookup user '${username}': Success`, `no such user '${username}'`);
     return user;
   }
 }
@@ -95,7 +95,7 @@ const keysPath = (user: PasswdEntry) => join(user.home, ".ssh", "authorized_keys
 
 function checkKeys(keys: string[]): void {
   for (const key of keys) {
-    if (key.startsWith("#") || key.includes("\n")) throw genericError(`invalid OpenSSH public key: '${key}'`);
+    if (key.startsWith("#") || key.includes("\n")) throw new GuestError("invalid", `invalid OpenSSH public key: '${key}'`);
   }
 }
 
@@ -132,14 +132,15 @@ function readAuthorizedKeys(path: string): string[] {
     dirFd = openSshDir(dirname(path));
     fd = openSync(inside(dirFd, "authorized_keys"), constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (error) {
-    throw genericError(`failed to read '${path}': Failed to open file \u201c${path}\u201d: ${strerror(error)}`);
+    const desc = `failed to read '${path}': Failed to open file \u201c${path}\u201d: ${strerror(error)}`;
+    throw errnoOf(error) === "ENOENT" ? new GuestError("not_found", desc) : failed(desc);
   } finally {
     if (dirFd !== null) closeSync(dirFd);
   }
   try {
     return readFileSync(fd, "utf8").split("\n");
   } catch (error) {
-    throw genericError(`failed to read '${path}': Failed to read from file \u201c${path}\u201d: ${strerror(error)}`);
+    throw failed(`failed to read '${path}': Failed to read from file \u201c${path}\u201d: ${strerror(error)}`);
   } finally {
     closeSync(fd);
   }
@@ -149,31 +150,31 @@ function ensureSshDir(path: string, user: PasswdEntry): void {
   try {
     const stat = lstatSync(path);
     if (stat.isDirectory()) return;
-    throw genericError(`failed to create directory '${path}': ${stat.isSymbolicLink() ? "it is a symbolic link, which is not followed" : "File exists"}`);
+    throw failed(`failed to create directory '${path}': ${stat.isSymbolicLink() ? "it is a symbolic link, which is not followed" : "File exists"}`);
   } catch (error) {
     if (errnoOf(error) !== "ENOENT") throw error;
   }
   try {
     mkdirSync(path, { mode: 0o700 });
   } catch (error) {
-    throw genericError(`failed to create directory '${path}': ${strerror(error)}`);
+    throw failed(`failed to create directory '${path}': ${strerror(error)}`);
   }
   let dirFd: number;
   try {
     dirFd = openSshDir(path);
   } catch (error) {
-    throw genericError(`failed to create directory '${path}': ${strerror(error)}`);
+    throw failed(`failed to create directory '${path}': ${strerror(error)}`);
   }
   try {
     try {
       fchownSync(dirFd, user.uid, user.gid);
     } catch (error) {
-      throw genericError(`failed to set ownership of directory '${path}': ${strerror(error)}`);
+      throw failed(`failed to set ownership of directory '${path}': ${strerror(error)}`);
     }
     try {
       fchmodSync(dirFd, 0o700);
     } catch (error) {
-      throw genericError(`failed to set permissions of directory '${path}': ${strerror(error)}`);
+      throw failed(`failed to set permissions of directory '${path}': ${strerror(error)}`);
     }
   } finally {
     closeSync(dirFd);
@@ -186,8 +187,8 @@ function writeAuthorizedKeys(sshDir: string, lines: string[], user: PasswdEntry)
   try {
     dirFd = openSshDir(sshDir);
   } catch (error) {
-    if (errnoOf(error) === "ELOOP") throw genericError(`failed to write to '${path}': '${sshDir}' is a symbolic link, which is not followed`);
-    throw genericError(`failed to write to '${path}': ${strerror(error)}`);
+    if (errnoOf(error) === "ELOOP") throw failed(`failed to write to '${path}': '${sshDir}' is a symbolic link, which is not followed`);
+    throw failed(`failed to write to '${path}': ${strerror(error)}`);
   }
   const temporary = inside(dirFd, `.authorized_keys.${process.pid}.${crypto.randomUUID()}`);
   let fd: number | null = null;
@@ -202,7 +203,7 @@ function writeAuthorizedKeys(sshDir: string, lines: string[], user: PasswdEntry)
   } catch (error) {
     if (fd !== null) closeSync(fd);
     rmSync(temporary, { force: true });
-    throw genericError(`failed to write to '${path}': ${strerror(error)}`);
+    throw failed(`failed to write to '${path}': ${strerror(error)}`);
   } finally {
     closeSync(dirFd);
   }

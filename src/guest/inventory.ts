@@ -1,34 +1,26 @@
 /**
- * What the QGA inventory commands report on Linux, in qemu-ga's shapes and
- * field order (qapi schema order; qmpStringify puts them in qemu's QDict order).
+ * What the guest is made of, read from /proc and /sys on Linux: the data
+ * behind QGA's inventory commands and their native counterparts. Fields are
+ * qemu-ga's (qapi) names in snake_case, each object's members in qapi schema
+ * order, so QGA only renames them (src/qga/shape.ts) and its replies stay
+ * byte for byte qemu-ga's.
  */
 import { existsSync, readdirSync, readFileSync, realpathSync, statfsSync, writeFileSync } from "node:fs";
 import os, { constants } from "node:os";
 import { join } from "node:path";
 import { OS_RELEASE_PATHS } from "../info/linux.ts";
 import { parseOsRelease } from "../info/os-release.ts";
-import { ptr } from "bun:ffi";
-import { libc } from "../platform/linux/libc.ts";
-import { genericError } from "./errors.ts";
+import type { Result } from "../schema/methods.ts";
+import { failed, GuestError } from "./errors.ts";
 
-const CLOCK_REALTIME = 0;
-
-/**
- * guest-get-time: the real-time clock now (so a guest-set-time shows at once),
- * in nanoseconds since the epoch at the microsecond precision qemu-ga reports
- * (beyond 2^53, hence a bigint).
- */
-export function guestTime(): bigint {
-  const timespec = new BigInt64Array(2);
-  if (libc().clock_gettime(CLOCK_REALTIME, ptr(timespec)) !== 0) return BigInt(Date.now()) * 1_000_000n;
-  return timespec[0]! * 1_000_000_000n + (timespec[1]! / 1000n) * 1000n;
-}
+type DiskAddress = Result<"get_disks">["disks"][number]["address"] & {};
+type NetworkInterface = Result<"get_network_interfaces">["interfaces"][number];
 
 /**
  * guest-get-osinfo. QGA_OS_RELEASE names another os-release file, as qemu-ga
  * honours it (its own tests use it); it is read per call, as qemu-ga does.
  */
-export function guestOsInfo(env: Record<string, string | undefined> = process.env): Record<string, string> {
+export function guestOsInfo(env: Record<string, string | undefined> = process.env): Result<"get_os_info"> {
   const override = env.QGA_OS_RELEASE;
   let release: Record<string, string> = {};
   for (const path of override ? [override] : OS_RELEASE_PATHS) {
@@ -39,24 +31,24 @@ export function guestOsInfo(env: Record<string, string | undefined> = process.en
       // Not there: the next location, or uname fields only.
     }
   }
-  const info: Record<string, string> = { "kernel-release": os.release(), "kernel-version": os.version(), machine: os.machine() };
+  const info: Record<string, string> = { kernel_release: os.release(), kernel_version: os.version(), machine: os.machine() };
   const fields: [string, string][] = [
     ["id", "ID"],
     ["name", "NAME"],
-    ["pretty-name", "PRETTY_NAME"],
+    ["pretty_name", "PRETTY_NAME"],
     ["version", "VERSION"],
-    ["version-id", "VERSION_ID"],
+    ["version_id", "VERSION_ID"],
     ["variant", "VARIANT"],
-    ["variant-id", "VARIANT_ID"],
+    ["variant_id", "VARIANT_ID"],
   ];
   for (const [field, key] of fields) if (release[key] !== undefined) info[field] = release[key]!;
-  return info;
+  return info as Result<"get_os_info">;
 }
 
 export interface GuestVcpu {
-  "logical-id": number;
+  logical_id: number;
   online: boolean;
-  "can-offline": boolean;
+  can_offline: boolean;
 }
 
 /**
@@ -71,8 +63,8 @@ export function guestVcpus(cpuRoot = "/sys/devices/system/cpu"): GuestVcpu[] {
     .sort((a, b) => b - a);
   return ids.map((id) => {
     const online = join(cpuRoot, `cpu${id}`, "online");
-    if (!existsSync(online)) return { "logical-id": id, online: true, "can-offline": false };
-    return { "logical-id": id, online: readFileSync(online, "utf8").trim() === "1", "can-offline": true };
+    if (!existsSync(online)) return { logical_id: id, online: true, can_offline: false };
+    return { logical_id: id, online: readFileSync(online, "utf8").trim() === "1", can_offline: true };
   });
 }
 
@@ -82,7 +74,7 @@ export function guestVcpus(cpuRoot = "/sys/devices/system/cpu"): GuestVcpu[] {
  * none), its IPv4 then IPv6 addresses, and /proc/net/dev statistics — the
  * latter only for interfaces that have an address, as qemu-ga fetches them.
  */
-export function guestNetworkInterfaces(sysNet = "/sys/class/net", procNetDev = "/proc/net/dev"): Record<string, unknown>[] {
+export function guestNetworkInterfaces(sysNet = "/sys/class/net", procNetDev = "/proc/net/dev"): Result<"get_network_interfaces">["interfaces"] {
   const addresses = os.networkInterfaces();
   const stats = parseNetDev(readFileSync(procNetDev, "utf8"));
   const names = readdirSync(sysNet)
@@ -90,14 +82,14 @@ export function guestNetworkInterfaces(sysNet = "/sys/class/net", procNetDev = "
     .sort((a, b) => a.index - b.index)
     .map(({ name }) => name);
   return names.map((name) => {
-    const entry: Record<string, unknown> = { name, "hardware-address": readOptional(join(sysNet, name, "address")) || "00:00:00:00:00:00" };
+    const entry: NetworkInterface = { name, hardware_address: readOptional(join(sysNet, name, "address")) || "00:00:00:00:00:00" };
     const ips = (addresses[name] ?? []).map((a) => ({
-      "ip-address": a.address,
-      "ip-address-type": a.family === "IPv4" ? "ipv4" : "ipv6",
+      ip_address: a.address,
+      ip_address_type: a.family === "IPv4" ? ("ipv4" as const) : ("ipv6" as const),
       prefix: Number(a.cidr?.split("/")[1] ?? 0),
     }));
     if (ips.length > 0) {
-      entry["ip-addresses"] = ips;
+      entry.ip_addresses = ips;
       const counters = stats.get(name);
       if (counters) entry.statistics = counters;
     }
@@ -114,21 +106,21 @@ function readOptional(path: string): string | undefined {
 }
 
 /** /proc/net/dev: "name: rx bytes packets errs drop fifo frame compressed multicast tx bytes packets errs drop ...". */
-function parseNetDev(text: string): Map<string, Record<string, number>> {
-  const out = new Map<string, Record<string, number>>();
+function parseNetDev(text: string): Map<string, NetworkInterface["statistics"] & {}> {
+  const out = new Map<string, NetworkInterface["statistics"] & {}>();
   for (const line of text.split("\n").slice(2)) {
     const colon = line.indexOf(":");
     if (colon < 0) continue;
     const f = line.slice(colon + 1).trim().split(/\s+/).map(Number);
     out.set(line.slice(0, colon).trim(), {
-      "rx-bytes": f[0]!,
-      "rx-packets": f[1]!,
-      "rx-errs": f[2]!,
-      "rx-dropped": f[3]!,
-      "tx-bytes": f[8]!,
-      "tx-packets": f[9]!,
-      "tx-errs": f[10]!,
-      "tx-dropped": f[11]!,
+      rx_bytes: f[0]!,
+      rx_packets: f[1]!,
+      rx_errs: f[2]!,
+      rx_dropped: f[3]!,
+      tx_bytes: f[8]!,
+      tx_packets: f[9]!,
+      tx_errs: f[10]!,
+      tx_dropped: f[11]!,
     });
   }
   return out;
@@ -157,30 +149,30 @@ export function guestCpuStats(procStat = "/proc/stat"): Record<string, unknown>[
  * old partition format, 11 from the classic one, discard from 18 columns on,
  * flush from 20.
  */
-export function guestDiskStats(procDiskstats = "/proc/diskstats"): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
+export function guestDiskStats(procDiskstats = "/proc/diskstats"): Result<"get_diskstats">["disks"] {
+  const out: Result<"get_diskstats">["disks"] = [];
   for (const line of readFileSync(procDiskstats, "utf8").split("\n")) {
     const [major, minor, name, ...rest] = line.trim().split(/\s+/);
     const v = rest.map(Number);
     if (!name || v.length < 4) continue;
-    const stats: Record<string, number> = {};
+    const stats: Result<"get_diskstats">["disks"][number]["stats"] = {};
     if (v.length === 4) {
-      Object.assign(stats, { "read-sectors": v[1]!, "read-ios": v[0]!, "write-sectors": v[3]!, "write-ios": v[2]! });
+      Object.assign(stats, { read_sectors: v[1]!, read_ios: v[0]!, write_sectors: v[3]!, write_ios: v[2]! });
     } else if (v.length >= 11) {
       Object.assign(stats, {
-        "read-sectors": v[2]!,
-        "read-ios": v[0]!,
-        "read-merges": v[1]!,
-        "write-sectors": v[6]!,
-        "write-ios": v[4]!,
-        "write-merges": v[5]!,
+        read_sectors: v[2]!,
+        read_ios: v[0]!,
+        read_merges: v[1]!,
+        write_sectors: v[6]!,
+        write_ios: v[4]!,
+        write_merges: v[5]!,
       });
-      if (v.length >= 15) Object.assign(stats, { "discard-sectors": v[13]!, "discard-ios": v[11]!, "discard-merges": v[12]! });
-      if (v.length >= 17) stats["flush-ios"] = v[15]!;
-      Object.assign(stats, { "read-ticks": v[3]!, "write-ticks": v[7]! });
-      if (v.length >= 15) stats["discard-ticks"] = v[14]!;
-      if (v.length >= 17) stats["flush-ticks"] = v[16]!;
-      Object.assign(stats, { "ios-pgr": v[8]!, "total-ticks": v[9]!, "weight-ticks": v[10]! });
+      if (v.length >= 15) Object.assign(stats, { discard_sectors: v[13]!, discard_ios: v[11]!, discard_merges: v[12]! });
+      if (v.length >= 17) stats.flush_ios = v[15]!;
+      Object.assign(stats, { read_ticks: v[3]!, write_ticks: v[7]! });
+      if (v.length >= 15) stats.discard_ticks = v[14]!;
+      if (v.length >= 17) stats.flush_ticks = v[16]!;
+      Object.assign(stats, { ios_pgr: v[8]!, total_ticks: v[9]!, weight_ticks: v[10]! });
     }
     out.push({ name, major: Number(major), minor: Number(minor), stats });
   }
@@ -190,17 +182,17 @@ export function guestDiskStats(procDiskstats = "/proc/diskstats"): Record<string
 const MEMORY_ROOT = "/sys/devices/system/memory";
 
 export interface GuestMemoryBlock {
-  "phys-index": number;
+  phys_index: number;
   online: boolean;
-  "can-offline": boolean;
+  can_offline: boolean;
 }
 
 /** One memory block from sysfs: `state` says online, `removable` whether it may go offline (no file: it may not). */
 function memoryBlock(root: string, index: number): GuestMemoryBlock {
   const state = readOptional(join(root, `memory${index}`, "state"));
-  if (state === undefined) return { "phys-index": index, online: true, "can-offline": false };
+  if (state === undefined) return { phys_index: index, online: true, can_offline: false };
   const removable = readOptional(join(root, `memory${index}`, "removable"));
-  return { "phys-index": index, online: state.startsWith("online"), "can-offline": removable !== undefined && removable !== "0" };
+  return { phys_index: index, online: state.startsWith("online"), can_offline: removable !== undefined && removable !== "0" };
 }
 
 /** guest-get-memory-blocks, in directory order as qemu-ga's readdir gives it. */
@@ -216,25 +208,25 @@ export function guestMemoryBlockInfo(root = MEMORY_ROOT): { size: number } {
 }
 
 export interface MemoryBlockResponse {
-  "phys-index": number;
-  response: "success" | "not-found" | "operation-not-supported" | "operation-failed";
-  "error-code"?: number;
+  phys_index: number;
+  response: "success" | "not_found" | "operation_not_supported" | "operation_failed";
+  error_code?: number;
 }
 
 /** guest-set-memory-blocks: each block brought online or offline through its `state` file; one response per request. */
-export function guestSetMemoryBlocks(requests: { "phys-index": number; online: boolean }[], root = MEMORY_ROOT): MemoryBlockResponse[] {
-  return requests.map(({ "phys-index": index, online }) => {
+export function guestSetMemoryBlocks(requests: { phys_index: number; online: boolean }[], root = MEMORY_ROOT): MemoryBlockResponse[] {
+  return requests.map(({ phys_index: index, online }) => {
     const dir = join(root, `memory${index}`);
-    if (!existsSync(dir)) return { "phys-index": index, response: "not-found", "error-code": constants.errno.ENOENT };
+    if (!existsSync(dir)) return { phys_index: index, response: "not_found", error_code: constants.errno.ENOENT };
     const current = memoryBlock(root, index);
-    if (current.online === online) return { "phys-index": index, response: "success" };
-    if (!online && !current["can-offline"]) return { "phys-index": index, response: "operation-not-supported" };
+    if (current.online === online) return { phys_index: index, response: "success" };
+    if (!online && !current.can_offline) return { phys_index: index, response: "operation_not_supported" };
     try {
       writeFileSync(join(dir, "state"), online ? "online" : "offline");
-      return { "phys-index": index, response: "success" };
+      return { phys_index: index, response: "success" };
     } catch (error) {
       const errno = constants.errno[(error as NodeJS.ErrnoException).code as keyof typeof constants.errno];
-      return { "phys-index": index, response: "operation-failed", "error-code": errno ?? -1 };
+      return { phys_index: index, response: "operation_failed", error_code: errno ?? -1 };
     }
   });
 }
@@ -265,18 +257,18 @@ const PCI_ADDRESS = /^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$/;
 const SCSI_ADDRESS = /^(\d+):(\d+):(\d+):(\d+)$/;
 
 /** Where a disk sits, from its sysfs path: the PCI function it hangs off, and its bus and address on it. */
-function diskAddress(sysBlock: string): Record<string, unknown> {
+function diskAddress(sysBlock: string): DiskAddress {
   const real = realpathSync(sysBlock);
   const parts = real.split("/");
   const pci = parts.map((part) => PCI_ADDRESS.exec(part)).filter((m) => m !== null).at(-1);
   const scsi = parts.map((part) => SCSI_ADDRESS.exec(part)).filter((m) => m !== null).at(-1);
   const busType = scsi ? (real.includes("/ata") ? "sata" : "scsi") : real.includes("/virtio") ? "virtio" : real.includes("/nvme") ? "nvme" : "unknown";
   const name = parts.at(-1)!;
-  const address: Record<string, unknown> = {
-    "pci-controller": pci
+  const address: DiskAddress = {
+    pci_controller: pci
       ? { domain: Number.parseInt(pci[1]!, 16), bus: Number.parseInt(pci[2]!, 16), slot: Number.parseInt(pci[3]!, 16), function: Number(pci[4]) }
       : { domain: -1, bus: -1, slot: -1, function: -1 },
-    "bus-type": busType,
+    bus_type: busType,
     bus: scsi ? Number(scsi[2]) : 0,
     target: scsi ? Number(scsi[3]) : 0,
     unit: scsi ? Number(scsi[4]) : 0,
@@ -288,7 +280,7 @@ function diskAddress(sysBlock: string): Record<string, unknown> {
 }
 
 /** The disks under a block device: itself (or its whole disk, for a partition), or the slaves of a dm/md device. */
-function disksOf(sysDev: string): Record<string, unknown>[] {
+function disksOf(sysDev: string): DiskAddress[] {
   const dir = realpathSync(sysDev);
   const slaves = existsSync(join(dir, "slaves")) ? readdirSync(join(dir, "slaves")) : [];
   if (slaves.length > 0) return slaves.flatMap((slave) => disksOf(join(dir, "slaves", slave)));
@@ -296,19 +288,18 @@ function disksOf(sysDev: string): Record<string, unknown>[] {
 }
 
 /** guest-get-fsinfo: each block-backed mount, its usage (without root-reserved space) and the disks under it. */
-export function guestFsInfo(): Record<string, unknown>[] {
+export function guestFsInfo(): Result<"get_fsinfo">["filesystems"] {
   return blockMounts().map(({ major, minor, mountpoint, type }) => {
     const sysDev = `/sys/dev/block/${major}:${minor}`;
-    const info: Record<string, unknown> = { name: existsSync(sysDev) ? realpathSync(sysDev).split("/").at(-1)! : `${major}:${minor}`, mountpoint, type };
+    const name = existsSync(sysDev) ? realpathSync(sysDev).split("/").at(-1)! : `${major}:${minor}`;
+    let sizes: { used_bytes: number; total_bytes: number } | {} = {};
     try {
       const fs = statfsSync(mountpoint);
-      info["used-bytes"] = (fs.blocks - fs.bfree) * fs.bsize;
-      info["total-bytes"] = (fs.blocks - fs.bfree + fs.bavail) * fs.bsize;
+      sizes = { used_bytes: (fs.blocks - fs.bfree) * fs.bsize, total_bytes: (fs.blocks - fs.bfree + fs.bavail) * fs.bsize };
     } catch {
       // Not reachable: qemu-ga leaves the sizes out too.
     }
-    info.disk = existsSync(sysDev) ? disksOf(sysDev) : [];
-    return info;
+    return { name, mountpoint, type, ...sizes, disk: existsSync(sysDev) ? disksOf(sysDev) : [] };
   });
 }
 
@@ -318,13 +309,13 @@ export function guestFsInfo(): Record<string, unknown>[] {
  * partition on its disk, a dm/md device on its slaves) and, for a real disk,
  * its address.
  */
-export function guestDisks(sysBlock = "/sys/block"): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
+export function guestDisks(sysBlock = "/sys/block"): Result<"get_disks">["disks"] {
+  const out: Result<"get_disks">["disks"] = [];
   for (const name of readdirSync(sysBlock)) {
     const dir = realpathSync(join(sysBlock, name));
     if (dir.includes("/devices/virtual/block/") && !existsSync(join(dir, "dm"))) continue;
     const slaves = existsSync(join(dir, "slaves")) ? readdirSync(join(dir, "slaves")) : [];
-    const disk: Record<string, unknown> = { name: `/dev/${name}`, partition: false, dependencies: slaves.map((slave) => `/dev/${slave}`) };
+    const disk: Result<"get_disks">["disks"][number] = { name: `/dev/${name}`, partition: false, dependencies: slaves.map((slave) => `/dev/${slave}`) };
     const alias = readOptional(join(dir, "dm", "name"));
     if (alias) disk.alias = alias;
     if (slaves.length === 0) disk.address = diskAddress(dir);
@@ -347,22 +338,24 @@ export function guestLoad(procLoadavg = "/proc/loadavg"): { load1: number; load5
  * it stops at the first failure and answers how many it processed; failing on
  * the very first is an error naming the CPU.
  */
-export function guestSetVcpus(requests: { "logical-id": number; online: boolean }[], cpuRoot = "/sys/devices/system/cpu"): number {
+export function guestSetVcpus(requests: { logical_id: number; online: boolean }[], cpuRoot = "/sys/devices/system/cpu"): number {
   let processed = 0;
-  for (const { "logical-id": id, online } of requests) {
+  for (const { logical_id: id, online } of requests) {
     const file = join(cpuRoot, `cpu${id}`, "online");
-    const problem = (() => {
-      if (!existsSync(join(cpuRoot, `cpu${id}`))) return `open("${join(cpuRoot, `cpu${id}`)}/"): No such file or directory`; // qemu-ga's words
-      if (!existsSync(file)) return online ? null : `logical processor #${id} can't be offlined`;
+    const problem = ((): GuestError | null => {
+      if (!existsSync(join(cpuRoot, `cpu${id}`))) {
+        return new GuestError("not_found", `open("${join(cpuRoot, `cpu${id}`)}/"): No such file or directory`, `no logical processor #${id}`); // qemu-ga's words
+      }
+      if (!existsSync(file)) return online ? null : failed(`logical processor #${id} can't be offlined`);
       try {
         if ((readFileSync(file, "utf8").trim() === "1") !== online) writeFileSync(file, online ? "1" : "0");
         return null;
       } catch (error) {
-        return `cannot set logical processor #${id} ${online ? "online" : "offline"}: ${(error as Error).message}`;
+        return failed(`cannot set logical processor #${id} ${online ? "online" : "offline"}: ${(error as Error).message}`);
       }
     })();
     if (problem) {
-      if (processed === 0) throw genericError(problem);
+      if (processed === 0) throw problem;
       break;
     }
     processed++;

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { guestTimezone, posixZone } from "../src/qga/timezone.ts";
+import { guestTimezone, posixZone } from "../src/guest/timezone.ts";
 
 const SUMMER = Date.UTC(2026, 6, 15, 12) / 1000;
 const WINTER = Date.UTC(2026, 10, 21, 12) / 1000;

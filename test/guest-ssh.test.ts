@@ -7,11 +7,11 @@ import { afterEach, beforeEach, expect, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { QgaError } from "../src/qga/errors.ts";
-import { lookupPasswd, QgaSshKeys, type PasswdEntry } from "../src/qga/ssh.ts";
+import { GuestError } from "../src/guest/errors.ts";
+import { lookupPasswd, SshKeys, type PasswdEntry } from "../src/guest/ssh.ts";
 
 let home: string;
-let keys: QgaSshKeys;
+let keys: SshKeys;
 const ME = "tester";
 const authorizedKeys = () => join(home, ".ssh", "authorized_keys");
 const contents = () => readFileSync(authorizedKeys(), "utf8");
@@ -23,7 +23,7 @@ const setContents = (text: string) => {
 beforeEach(() => {
   home = mkdtempSync(join(tmpdir(), "kma-ssh-"));
   const me: PasswdEntry = { uid: process.getuid!(), gid: process.getgid!(), home };
-  keys = new QgaSshKeys((name) => (name === ME ? me : null));
+  keys = new SshKeys((name) => (name === ME ? me : null));
 });
 
 afterEach(() => rmSync(home, { recursive: true, force: true }));
@@ -32,8 +32,8 @@ function refusal(run: () => unknown): string {
   try {
     run();
   } catch (error) {
-    expect(error).toBeInstanceOf(QgaError);
-    return (error as QgaError).desc;
+    expect(error).toBeInstanceOf(GuestError);
+    return (error as GuestError).qemuDesc;
   }
   throw new Error("expected a refusal");
 }
@@ -114,4 +114,18 @@ test("lookupPasswd reads the system's users and knows no one by an empty or malf
   expect(lookupPasswd("")).toBeNull();
   expect(lookupPasswd("root:x")).toBeNull();
   expect(lookupPasswd("kma-no-such-user")).toBeNull();
+});
+
+test("the native protocol's reasons: an unknown user and a missing file are not found, a bad key is invalid input", () => {
+  const caught = (run: () => unknown) => {
+    try {
+      run();
+    } catch (error) {
+      return error as GuestError;
+    }
+    throw new Error("expected a refusal");
+  };
+  expect(caught(() => keys.get("someone"))).toMatchObject({ reason: "not_found", message: "no such user 'someone'" });
+  expect(caught(() => keys.get(ME))).toMatchObject({ reason: "not_found" });
+  expect(caught(() => keys.add(ME, ["#comment"], false))).toMatchObject({ reason: "invalid", message: "invalid OpenSSH public key: '#comment'" });
 });

@@ -6,7 +6,7 @@
  */
 import { expect, test } from "bun:test";
 import { errnoName } from "../src/platform/linux/libc.ts";
-import { guestFstrim, trimMount, type TrimMount } from "../src/qga/fstrim.ts";
+import { guestFstrim, trimMount, type TrimMount } from "../src/guest/fstrim.ts";
 
 test("every mount is reported, last-mounted first; one that fails does not stop the others", () => {
   const seen: [string, bigint][] = [];
