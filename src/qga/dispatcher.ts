@@ -12,6 +12,8 @@ import { guestSetTime, UNSUPPORTED } from "./time.ts";
 import { guestFstrim } from "./fstrim.ts";
 import { guestSetUserPassword } from "./password.ts";
 import { QgaSshKeys } from "./ssh.ts";
+import { guestNetworkRoutes } from "./route.ts";
+import { guestSuspend } from "./suspend.ts";
 import { guestTimezone } from "./timezone.ts";
 import type { QgaFiles } from "./files.ts";
 import {
@@ -154,6 +156,8 @@ export class QgaDispatcher {
         return guestLoad();
       case "guest-network-get-interfaces":
         return guestNetworkInterfaces();
+      case "guest-network-get-route":
+        return guestNetworkRoutes();
       case "guest-get-cpustats":
         return guestCpuStats();
       case "guest-get-diskstats":
@@ -195,6 +199,12 @@ export class QgaDispatcher {
         await this.deps.power.request(action, { confirm: true, force: false, delay_seconds: 0, message: "hypervisor initiated shutdown" });
         return {};
       }
+      case "guest-suspend-disk":
+        return guestSuspend("disk", this.deps);
+      case "guest-suspend-ram":
+        return guestSuspend("ram", this.deps);
+      case "guest-suspend-hybrid":
+        return guestSuspend("hybrid", this.deps);
       case "guest-exec":
         return this.exec.start(args(command));
       case "guest-exec-status":
