@@ -88,11 +88,14 @@ export async function guestSuspend(
     const path = system.findTool(argv[0]!);
     return path ? system.run([path, ...argv.slice(1)]) : ("missing" as const);
   };
+  const attempt = (command: string) => {
+    log.logger.info("guest suspend", { mode, command });
+    log.audit.event("power", { phase: "suspend", action: mode, command });
+  };
   /** Runs a suspend tool: null when it succeeded, else qemu-ga's words for why not. */
   const suspendWith = async (argv: string[]): Promise<string | null> => {
     const label = argv.join(" ");
-    log.logger.info("guest suspend", { mode, command: label });
-    log.audit.event("power", { phase: "suspend", action: mode, command: label });
+    attempt(label);
     const outcome = await run(argv);
     if (outcome === "missing") return `the helper program '${label}' was not found`;
     if ("error" in outcome) return `failed to create child process, error '${outcome.error}'`;
@@ -119,8 +122,7 @@ export async function guestSuspend(
     failed(problem);
   }
   if (kernelState !== null && system.powerState.read()?.includes(kernelState)) {
-    log.logger.info("guest suspend", { mode, command: `write ${kernelState} to ${system.powerState.path}` });
-    log.audit.event("power", { phase: "suspend", action: mode, command: `write ${kernelState} to ${system.powerState.path}` });
+    attempt(`write ${kernelState} to ${system.powerState.path}`);
     try {
       await system.powerState.write(kernelState);
     } catch (error) {

@@ -199,6 +199,25 @@ test("guest-suspend-ram: no reply, QEMU sees the guest suspended (S3), system_wa
   }
 }, 300_000);
 
+test("a guest booted with nohibernate offers no \"disk\": guest-suspend-disk is qemu-ga's unsupported error, and nothing is tried", async () => {
+  const awake = await TestVm.boot({ image: await guestImage(await ensureBinary()), ourQga: true, append: "nohibernate" });
+  try {
+    await awake.waitForConsole(/agent started.*qga="virtio-serial/, 90_000);
+    const agent = await libvirtSync(85, awake);
+    expect(await agent.send({ execute: "guest-suspend-disk" })).toEqual({
+      error: { class: "GenericError", desc: "the requested suspend mode is not supported by the guest" },
+    });
+    agent.close();
+    const native = await AgentClient.connect(awake.agentSocket, { timeoutMs: 30_000 });
+    await native.waitReady({ timeoutMs: 30_000 });
+    const checked = await native.exec({ command: "sh", args: ["-c", "cat /sys/power/state; dmesg | grep -c 'hibernation entry'"] }, { timeoutMs: 30_000 });
+    native.close();
+    expect(Buffer.from(checked.stdout_base64, "base64").toString()).toBe("freeze mem\n0\n");
+  } finally {
+    await awake.stop();
+  }
+}, 300_000);
+
 test("guest-network-get-route: the guest's routes, after it brought eth0 up with an address and a default route", async () => {
   const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
   await native.waitReady({ timeoutMs: 30_000 });
