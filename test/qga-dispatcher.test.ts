@@ -37,7 +37,7 @@ test("on Windows, until its platform layer lands: sync, ping and info answer; th
   const windows = dispatcher("win32");
   expect(await windows.handle({ execute: "guest-ping" }, "test")).toEqual({ line: '{"return": {}}', delimited: false });
   expect((await windows.handle({ execute: "guest-sync-delimited", arguments: { id: 3 } }, "test"))!.delimited).toBe(true);
-  for (const execute of ["guest-get-osinfo", "guest-get-fsinfo", "guest-exec", "guest-file-open", "guest-shutdown"]) {
+  for (const execute of ["guest-get-osinfo", "guest-get-fsinfo", "guest-exec", "guest-file-open", "guest-shutdown", "guest-suspend-ram", "guest-network-get-route"]) {
     const reply = await windows.handle({ execute, arguments: execute === "guest-exec" ? { path: "cmd.exe" } : execute === "guest-file-open" ? { path: "C:\\x" } : {} }, "test");
     expect(reply!.line).toBe('{"error": {"class": "GenericError", "desc": "this feature or command is not currently supported"}}');
   }

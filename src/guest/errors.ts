@@ -39,6 +39,8 @@ export const STRERROR: Record<string, string> = {
   EPERM: "Operation not permitted",
   EIO: "Input/output error",
   EBUSY: "Device or resource busy",
+  ENODEV: "No such device",
+  ENOMEM: "Cannot allocate memory",
 };
 
 /** strerror(3) of an errno name ("EPERM"), the name itself where the table lacks it. */

@@ -14,6 +14,8 @@ import { setUserPassword } from "../guest/password.ts";
 import { SshKeys } from "../guest/ssh.ts";
 import { realtimeNs, setTime } from "../guest/time.ts";
 import { guestTimezone } from "../guest/timezone.ts";
+import { guestNetworkRoutes } from "./route.ts";
+import { guestSuspend } from "./suspend.ts";
 import type { QgaFiles } from "./files.ts";
 import { qgaPassword } from "./password.ts";
 import { qapiMemoryBlockResponses, qapiNames } from "./shape.ts";
@@ -190,6 +192,8 @@ export class QgaDispatcher {
         return guestLoad();
       case "guest-network-get-interfaces":
         return qapiNames(guestNetworkInterfaces());
+      case "guest-network-get-route":
+        return guestNetworkRoutes();
       case "guest-get-cpustats":
         return guestCpuStats();
       case "guest-get-diskstats":
@@ -231,6 +235,12 @@ export class QgaDispatcher {
         await this.deps.power.request(action, { confirm: true, force: false, delay_seconds: 0, message: "hypervisor initiated shutdown" });
         return {};
       }
+      case "guest-suspend-disk":
+        return guestSuspend("disk", this.deps);
+      case "guest-suspend-ram":
+        return guestSuspend("ram", this.deps);
+      case "guest-suspend-hybrid":
+        return guestSuspend("hybrid", this.deps);
       case "guest-exec":
         return this.exec.start(args(command));
       case "guest-exec-status":

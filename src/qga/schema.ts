@@ -104,6 +104,32 @@ export const QGA_COMMANDS = {
     ),
     successResponse: true,
   },
+  "guest-network-get-route": {
+    args: z.strictObject({}),
+    returns: z
+      .array(
+        z.strictObject({
+          iface: z.string(),
+          destination: z.string(),
+          metric: int,
+          gateway: z.string().optional().describe("IPv4"),
+          mask: z.string().optional().describe("IPv4"),
+          irtt: int.optional().describe("IPv4"),
+          flags: z.bigint().optional().describe("qapi uint64"),
+          refcnt: int.optional(),
+          use: int.optional(),
+          window: int.optional().describe("IPv4"),
+          mtu: int.optional().describe("IPv4"),
+          desprefixlen: z.string().optional().describe("IPv6"),
+          source: z.string().optional().describe("IPv6"),
+          srcprefixlen: z.string().optional().describe("IPv6"),
+          nexthop: z.string().optional().describe("IPv6"),
+          version: int.describe("4 or 6"),
+        }),
+      )
+      .describe("GuestNetworkRoute (qemu 9.1): /proc/net/route, then /proc/net/ipv6_route"),
+    successResponse: true,
+  },
   "guest-get-cpustats": {
     args: z.strictObject({}),
     returns: z.array(z.record(z.string(), z.union([z.string(), int]))).describe("GuestCpuStats: type 'linux', cpu, and times in ms"),
@@ -166,6 +192,21 @@ export const QGA_COMMANDS = {
   },
   "guest-shutdown": {
     args: z.strictObject({ mode: z.string().optional() }),
+    returns: z.strictObject({}),
+    successResponse: false,
+  },
+  "guest-suspend-disk": {
+    args: z.strictObject({}),
+    returns: z.strictObject({}),
+    successResponse: false,
+  },
+  "guest-suspend-ram": {
+    args: z.strictObject({}),
+    returns: z.strictObject({}),
+    successResponse: false,
+  },
+  "guest-suspend-hybrid": {
+    args: z.strictObject({}),
     returns: z.strictObject({}),
     successResponse: false,
   },

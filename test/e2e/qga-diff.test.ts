@@ -152,6 +152,10 @@ const CASES: [string, string | number[], number][] = [
   ["guest-shutdown with an invalid mode", '{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}', 1],
   ["guest-shutdown with a prototype name for a mode", '{"execute":"guest-shutdown","arguments":{"mode":"toString"}}', 1],
   ["guest-shutdown with an unexpected parameter", '{"execute":"guest-shutdown","arguments":{"delay":5}}', 1],
+  // Never a valid guest-suspend-* here: both agents would suspend this machine. Only requests refused before they run.
+  ["guest-suspend-ram with an unexpected parameter", '{"execute":"guest-suspend-ram","arguments":{"delay":5}}', 1],
+  ["guest-suspend-disk with arguments that are not an object", '{"execute":"guest-suspend-disk","arguments":[]}', 1],
+  ["guest-suspend-hybrid with an unexpected member", '{"execute":"guest-suspend-hybrid","delay":5}', 1],
   // Never an existing user's keys on this machine: a user that does not exist, and nobody (home /nonexistent).
   ["ssh keys of a user that does not exist", '{"execute":"guest-ssh-get-authorized-keys","arguments":{"username":"kma-no-such-user"}}', 1],
   ["ssh keys of an empty user name", '{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"","keys":[]}}', 1],
@@ -201,10 +205,15 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
     expect(ourInfo.version).toBe(AGENT_VERSION);
     expect(Object.keys(ourInfo.supported_commands[0])).toEqual(Object.keys(theirInfo.supported_commands[0]));
     const theirNames = new Set(theirInfo.supported_commands.map((c: { name: string }) => c.name));
-    // guest-get-load is newer than Debian's qemu-ga 7.2 (qemu 8.2); every other command of ours is one of its.
-    for (const command of ourInfo.supported_commands) if (command.name !== "guest-get-load") expect(theirNames.has(command.name)).toBe(true);
-    const shutdown = theirInfo.supported_commands.find((c: { name: string }) => c.name === "guest-shutdown");
-    expect(ourInfo.supported_commands.find((c: { name: string }) => c.name === "guest-shutdown")).toEqual(shutdown);
+    // guest-get-load (qemu 8.2) and guest-network-get-route (9.1) are newer than Debian's qemu-ga 7.2; every other command of ours is one of its.
+    const newer = new Set(["guest-get-load", "guest-network-get-route"]);
+    for (const command of ourInfo.supported_commands) if (!newer.has(command.name)) expect(theirNames.has(command.name)).toBe(true);
+    // The commands that answer nothing on success are listed alike (success-response false).
+    for (const name of ["guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"]) {
+      const theirs = theirInfo.supported_commands.find((c: { name: string }) => c.name === name);
+      expect(theirs["success-response"]).toBe(false);
+      expect(ourInfo.supported_commands.find((c: { name: string }) => c.name === name)).toEqual(theirs);
+    }
     expect(ourInfo.supported_commands.map((c: { name: string }) => c.name)).toEqual([
       "guest-sync-delimited",
       "guest-sync",
@@ -219,6 +228,7 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-set-vcpus",
       "guest-get-load",
       "guest-network-get-interfaces",
+      "guest-network-get-route",
       "guest-get-cpustats",
       "guest-get-diskstats",
       "guest-get-fsinfo",
@@ -227,6 +237,9 @@ describe.skipIf(!haveQemuGa)(`QGA replies are qemu-ga's (${QEMU_GA})`, () => {
       "guest-get-memory-block-info",
       "guest-set-memory-blocks",
       "guest-shutdown",
+      "guest-suspend-disk",
+      "guest-suspend-ram",
+      "guest-suspend-hybrid",
       "guest-exec",
       "guest-exec-status",
       "guest-file-open",

@@ -61,7 +61,7 @@ async function libvirtSync(
           async send(request) {
             received = Buffer.alloc(0);
             socket.write(JSON.stringify(request));
-            const until = Date.now() + 10_000;
+            const until = Date.now() + 30_000;
             while (!received.includes(0x0a) && Date.now() < until) await Bun.sleep(5);
             return JSON.parse(received.toString());
           },
@@ -144,6 +144,99 @@ test("guest-shutdown answers nothing and powers the VM off; mode=reboot brings t
     await reboots.stop();
   }
 }, 240_000);
+
+test("guest-suspend-ram: no reply, QEMU sees the guest suspended (S3), system_wakeup resumes it and the agent answers again", async () => {
+  const sleeper = await TestVm.boot({ image: await guestImage(await ensureBinary()), ourQga: true });
+  try {
+    await sleeper.waitForConsole(/agent started.*qga="virtio-serial/, 90_000);
+    const native = await AgentClient.connect(sleeper.agentSocket, { timeoutMs: 30_000 });
+    await native.waitReady({ timeoutMs: 30_000 });
+    const states = await native.exec({ command: "cat", args: ["/sys/power/state"] }, { timeoutMs: 30_000 });
+    native.close();
+    // The cloud kernel offers S3 ("mem") and hibernation ("disk"); QEMU's PIIX4 PM has S3 on by default.
+    expect(Buffer.from(states.stdout_base64, "base64").toString().trim().split(" ")).toEqual(["freeze", "mem", "disk"]);
+
+    const status = async () => ((await sleeper.execute("query-status")) as { status: string }).status;
+    const waitForStatus = async (wanted: string) => {
+      const deadline = Date.now() + 60_000;
+      while ((await status()) !== wanted) {
+        if (Date.now() > deadline) throw new Error(`VM never reached ${wanted}: ${await status()}\n${sleeper.console().slice(-2000)}`);
+        await Bun.sleep(100);
+      }
+    };
+    const agent = await libvirtSync(81, sleeper);
+    expect(await agent.sendNoReply({ execute: "guest-suspend-ram" }, 200)).toBe("");
+    await waitForStatus("suspended");
+    // Sent while the guest sleeps, so that everything the agent writes after the resume is seen:
+    // only the ping's reply, none for the suspend.
+    const pinged = agent.send({ execute: "guest-ping", id: "after-resume" });
+    await sleeper.execute("system_wakeup");
+    await waitForStatus("running");
+    expect(await pinged).toEqual({ return: {}, id: "after-resume" });
+    agent.close();
+    const again = await libvirtSync(82, sleeper);
+    // No systemd or pm-utils in this guest, and the kernel has no hybrid state: qemu-ga's words.
+    expect(await again.send({ execute: "guest-suspend-hybrid" })).toEqual({
+      error: { class: "GenericError", desc: "the requested suspend mode is not supported by the guest" },
+    });
+    // Hibernation is offered, so it is tried (as qemu-ga tries it): the kernel makes the image, finds no
+    // swap to write it to, and the write to /sys/power/state fails with ENODEV.
+    expect(await again.send({ execute: "guest-suspend-disk" })).toEqual({
+      error: { class: "GenericError", desc: "suspend: cannot write to '/sys/power/state': No such device" },
+    });
+    const kernel = await AgentClient.connect(sleeper.agentSocket, { timeoutMs: 30_000 });
+    await kernel.waitReady({ timeoutMs: 30_000 });
+    const dmesg = await kernel.exec({ command: "sh", args: ["-c", "dmesg"] }, { timeoutMs: 30_000 });
+    kernel.close();
+    expect(Buffer.from(dmesg.stdout_base64, "base64").toString()).toMatch(
+      /PM: suspend entry \(deep\)[\s\S]*Waking up from system sleep state S3[\s\S]*PM: suspend exit[\s\S]*PM: Cannot find swap device/,
+    );
+    expect(await status()).toBe("running");
+    expect(await again.send({ execute: "guest-ping" })).toEqual({ return: {} });
+    again.close();
+  } finally {
+    await sleeper.stop();
+  }
+}, 300_000);
+
+test("a guest booted with nohibernate offers no \"disk\": guest-suspend-disk is qemu-ga's unsupported error, and nothing is tried", async () => {
+  const awake = await TestVm.boot({ image: await guestImage(await ensureBinary()), ourQga: true, append: "nohibernate" });
+  try {
+    await awake.waitForConsole(/agent started.*qga="virtio-serial/, 90_000);
+    const agent = await libvirtSync(85, awake);
+    expect(await agent.send({ execute: "guest-suspend-disk" })).toEqual({
+      error: { class: "GenericError", desc: "the requested suspend mode is not supported by the guest" },
+    });
+    agent.close();
+    const native = await AgentClient.connect(awake.agentSocket, { timeoutMs: 30_000 });
+    await native.waitReady({ timeoutMs: 30_000 });
+    const checked = await native.exec({ command: "sh", args: ["-c", "cat /sys/power/state; dmesg | grep -c 'hibernation entry'"] }, { timeoutMs: 30_000 });
+    native.close();
+    expect(Buffer.from(checked.stdout_base64, "base64").toString()).toBe("freeze mem\n0\n");
+  } finally {
+    await awake.stop();
+  }
+}, 300_000);
+
+test("guest-network-get-route: the guest's routes, after it brought eth0 up with an address and a default route", async () => {
+  const native = await AgentClient.connect(vm.agentSocket, { timeoutMs: 30_000 });
+  await native.waitReady({ timeoutMs: 30_000 });
+  const configured = await native.exec(
+    { command: "sh", args: ["-c", "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 metric 50"] },
+    { timeoutMs: 30_000 },
+  );
+  native.close();
+  expect(configured.exit_code).toBe(0);
+  const agent = await libvirtSync(91);
+  const { return: routes } = (await agent.send({ execute: "guest-network-get-route" })) as { return: Record<string, unknown>[] };
+  const v4 = routes.filter((route) => route.version === 4).map(({ iface, destination, gateway, mask, metric }) => ({ iface, destination, gateway, mask, metric }));
+  expect(v4).toContainEqual({ iface: "eth0", destination: "0.0.0.0", gateway: "10.0.2.2", mask: "0.0.0.0", metric: 50 });
+  expect(v4).toContainEqual({ iface: "eth0", destination: "10.0.2.0", gateway: "0.0.0.0", mask: "255.255.255.0", metric: 0 });
+  expect(v4).toHaveLength(2);
+  const v6 = routes.filter((route) => route.version === 6).map(({ iface, destination, desprefixlen }) => `${destination}/${desprefixlen} ${iface}`);
+  expect(v6).toContain("::1/128 lo");
+  agent.close();
+}, 60_000);
 
 test("guest-set-time sets the guest's clock (and its RTC); guest-get-time reads it back", async () => {
   const agent = await libvirtSync(21);
