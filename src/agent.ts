@@ -11,6 +11,7 @@ import { QgaSession } from "./qga/session.ts";
 import { isQgaCommand } from "./qga/schema.ts";
 import { QgaFiles } from "./qga/files.ts";
 import { PathPolicy } from "./files/paths.ts";
+import { loadHmacKey, RequestAuthenticator } from "./security/hmac.ts";
 import { StdioTransport } from "./transport/stdio.ts";
 import type { Transport } from "./transport/transport.ts";
 import { UnixListenTransport } from "./transport/unix-listen.ts";
@@ -26,6 +27,8 @@ export interface RunningAgent {
 
 /** `logLines`: the logger's writer, held with the audit while filesystems are frozen. */
 export async function startAgent(config: AgentConfig, logger: Logger, logLines?: Holdable): Promise<RunningAgent> {
+  const { hmac_key_file: keyFile, hmac_window_seconds: windowSeconds } = config.security;
+  const authenticator = keyFile ? new RequestAuthenticator(loadHmacKey(keyFile), windowSeconds * 1000) : undefined;
   const auditFile = config.logging.audit_file;
   const auditLog = auditFile ? openAuditFile(auditFile) : null;
   const audit = auditLog ?? noAudit;
@@ -38,7 +41,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
       state_file: fsfreeze.stateFilePath,
     });
   }
-  const dispatcher = new Dispatcher({ config, audit, logger, services });
+  const dispatcher = new Dispatcher({ config, audit, logger, services, authenticator });
   let stopping: Promise<void> | null = null;
   const stop = (reason: string) =>
     (stopping ??= (async () => {

@@ -16,6 +16,7 @@ import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
 import { createHoldableLogger, type Logger } from "./log/logger.ts";
 import { PROTOCOL_VERSION } from "./schema/methods.ts";
+import { loadHmacKey } from "./security/hmac.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agent
@@ -60,6 +61,7 @@ async function runAgent(args: AgentArgs): Promise<number> {
   const configPath = args.configPath ?? DEFAULT_CONFIG_PATH;
   const config = applyArgs(await loadConfig(configPath, { required: args.configPath !== undefined }), args);
   if (args.checkConfig) {
+    if (config.security.hmac_key_file) loadHmacKey(config.security.hmac_key_file);
     console.log(`config OK: ${configPath}`);
     return 0;
   }

@@ -29,6 +29,8 @@ describe("config file", () => {
       allowed_file_paths: ["/tmp", "/var/tmp"],
       enable_system_changes: true,
       enable_credentials: true,
+      hmac_key_file: "",
+      hmac_window_seconds: 120,
     });
     expect(config.transport).toEqual({ enabled: true, type: "virtio-serial", path: "/dev/virtio-ports/org.kvmmanager.agent.0", vsock_port: 9100 });
     expect(config.limits.max_frame_bytes).toBe(16 * 1024 * 1024);

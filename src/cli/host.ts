@@ -6,6 +6,7 @@
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { AgentClient, AgentConnectionError, AgentTimeoutError, DEFAULT_TIMEOUT_MS } from "../client/client.ts";
 import { isMethodName, METHOD_NAMES, METHODS, type MethodName } from "../schema/methods.ts";
+import { readHmacKey } from "../security/hmac.ts";
 import { UsageError } from "./agent-args.ts";
 import { TRANSFER_USAGE } from "./transfer.ts";
 import { renderHuman } from "./render.ts";
@@ -27,6 +28,7 @@ ${TRANSFER_USAGE}
                   or vsock:CID:PORT for an agent on vsock-listen
   --json          print the raw JSON result instead of the human rendering
   --timeout MS    per-call timeout (default ${DEFAULT_TIMEOUT_MS})
+  --hmac-key-file PATH  sign every request with this key (for an agent with [security] hmac_key_file)
   --wait MS       first wait up to MS for the agent to answer (the VM may still be booting)
 
 Exit status: 0 on success, 1 when the agent answered with an error, 2 on usage errors, 3 when the agent could not be reached.`;
@@ -39,6 +41,7 @@ export function listMethods(): string {
 /** The flags every host verb takes to reach an agent. */
 export const CONNECTION_OPTIONS = {
   socket: { type: "string", short: "s" },
+  "hmac-key-file": { type: "string" },
   timeout: { type: "string" },
   wait: { type: "string" },
 } as const;
@@ -49,7 +52,7 @@ export const CONNECTION_OPTIONS = {
  * error (or a local file failed), 3 when the agent could not be reached.
  */
 export async function withAgent(
-  values: { socket?: string; timeout?: string; wait?: string },
+  values: { socket?: string; timeout?: string; wait?: string; "hmac-key-file"?: string },
   fail: (message: string) => void,
   use: (client: AgentClient) => Promise<number>,
 ): Promise<number> {
@@ -57,9 +60,11 @@ export async function withAgent(
   if (!socket) throw new UsageError("--socket PATH is required");
   const timeoutMs = positiveInt(values.timeout, "--timeout") ?? DEFAULT_TIMEOUT_MS;
   const waitMs = positiveInt(values.wait, "--wait");
+  const keyFile = values["hmac-key-file"];
+  const hmacKey = keyFile === undefined ? undefined : readHmacKey(keyFile);
   let client: AgentClient;
   try {
-    client = await AgentClient.connect(socket, { timeoutMs });
+    client = await AgentClient.connect(socket, { timeoutMs, hmacKey });
   } catch (error) {
     fail((error as Error).message);
     return 3;

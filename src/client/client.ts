@@ -5,6 +5,7 @@
 import { errorCode } from "../protocol/errors.ts";
 import { FrameDecoder, encodeFrame, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "../protocol/framing.ts";
 import type { RequestId, Response } from "../protocol/jsonrpc.ts";
+import { signRequest } from "../security/hmac.ts";
 import {
   METHOD_NAMES,
   METHODS,
@@ -89,16 +90,20 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   /** False until the agent echoes our SYNC_MARKER: whatever arrives before it is left over from an earlier host. */
   private synced = false;
 
-  private constructor(private readonly defaultTimeoutMs: number) {}
+  private constructor(
+    private readonly defaultTimeoutMs: number,
+    /** [security] hmac_key_file's key, when the agent requires signed requests. */
+    private readonly hmacKey: Uint8Array | undefined,
+  ) {}
 
   /**
    * Connect to an agent: a unix socket path (QEMU's chardev socket for the
    * VM's port, or an agent on unix-listen), or "vsock:CID:PORT" for an agent
    * on vsock-listen.
    */
-  static async connect(target: string, options: { timeoutMs?: number } = {}): Promise<AgentClient> {
+  static async connect(target: string, options: { timeoutMs?: number; hmacKey?: Uint8Array } = {}): Promise<AgentClient> {
     const vsock = /^vsock:(\d+):(\d+)$/.exec(target);
-    const client = new AgentClient(options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const client = new AgentClient(options.timeoutMs ?? DEFAULT_TIMEOUT_MS, options.hmacKey);
     const socket = socketHandlers("client", (connection) => {
       client.connection = connection;
       connection.send(SYNC_MARKER);
@@ -147,7 +152,7 @@ export class AgentClient implements ConnectionHandler, FrameSink {
         this.pending.delete(id);
         reject(new AgentTimeoutError(method, timeoutMs));
       }, timeoutMs);
-      const frame = encodeFrame(JSON.stringify({ jsonrpc: "2.0", id, method, params: params ?? {} }));
+      const frame = this.encode({ jsonrpc: "2.0", id, method, params: params ?? {} });
       this.pending.set(id, { method, frameBytes: frame.length - HEADER_BYTES, resolve: resolve as (value: unknown) => void, reject, timer });
       this.connection!.send(frame);
     });
@@ -156,7 +161,11 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   /** A notification: no reply, no error report. */
   notify<M extends MethodName>(method: M, params?: ParamsInput<M>): void {
     if (this.closedError) throw this.closedError;
-    this.connection!.send(encodeFrame(JSON.stringify({ jsonrpc: "2.0", method, params: params ?? {} })));
+    this.connection!.send(this.encode({ jsonrpc: "2.0", method, params: params ?? {} }));
+  }
+
+  private encode(request: Record<string, unknown>): Uint8Array {
+    return encodeFrame(JSON.stringify(this.hmacKey ? signRequest(this.hmacKey, request) : request));
   }
 
   /** Listen to a notification the agent pushes (e.g. exec_output); returns the function that stops listening. */

@@ -79,6 +79,11 @@ export const configSchema = z.strictObject({
         .boolean()
         .default(true)
         .describe("set_user_password, ssh_add/remove_authorized_keys and their QGA commands (qemu-ga serves them by default)"),
+      hmac_key_file: z
+        .union([z.literal(""), absolutePath])
+        .default("")
+        .describe("When set, every native request must be signed with this key (docs/protocol.md); root's, mode 0600. The QGA port cannot be signed"),
+      hmac_window_seconds: z.number().int().min(1).max(86_400).default(120).describe("How far a signed request's timestamp may be from the agent's clock"),
     })
     .prefault({}),
   limits: z

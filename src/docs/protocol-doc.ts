@@ -65,6 +65,33 @@ The TypeScript client does all of this itself.
 - Params are validated against the schemas below: unknown fields are rejected, and ${JSONRPC_ERRORS.INVALID_PARAMS.code}
   names each bad field in \`message\` and lists them in \`data.issues\` (\`path\`, \`message\`).
 - Every call is written to the audit log (time, transport, method, id, outcome, error code, duration); params and results never are.
+
+### Message authentication (optional)
+
+With \`[security] hmac_key_file\` set, the agent answers only requests signed with the key in that file
+(its bytes, without a trailing newline; at least 16 bytes; the file must be root's with mode 0600 or the agent
+does not start). Each request object, each entry of a batch included, carries one more member:
+
+\`\`\`json
+"auth": { "ts": 1795000000000, "nonce": "q3Jx0h5Tz9qE1Uo2mC7bWw", "mac": "<64 lowercase hex digits>" }
+\`\`\`
+
+- \`ts\`: the sender's clock, in milliseconds since the epoch; it must be within \`[security] hmac_window_seconds\`
+  (default 120) of the guest's clock, either way.
+- \`nonce\`: 16 to 64 characters of \`[A-Za-z0-9_-]\`, never used before within the window (the agent remembers each one
+  until its \`ts\` leaves the window).
+- \`mac\`: HMAC-SHA256 with the key over the UTF-8 bytes of
+  \`"kma-hmac-v1\\n" + ts + "\\n" + nonce + "\\n" + canonical\`, where \`canonical\` is the request without its \`auth\`
+  member as JSON with the members of every object sorted by key (UTF-16 code units) and no whitespace — numbers and
+  strings as ECMAScript's \`JSON.stringify\` writes them (RFC 8785's form). The agent recomputes it and compares in
+  constant time.
+
+A request that is unsigned, malformed, wrongly signed, outside the window or replayed gets ${APPLICATION_ERRORS.UNAUTHENTICATED.code} with
+\`data.reason\` \`missing\`, \`malformed\`, \`bad_mac\`, \`stale\`, \`replayed\` or \`busy\` (more than a million nonces
+within one window), and is audited like any other call. The TypeScript client signs when given the key
+(\`AgentClient.connect(target, { hmacKey })\`, \`--hmac-key-file\` on the CLI). Replies are not signed: the host
+trusts the channel it reads from. The QGA port cannot be signed (qemu's protocol has no place for it); turn
+\`[qga]\` off where every caller must prove the key.
 `;
 
 function errorTable(): string {

@@ -12,6 +12,7 @@ import type { Logger } from "../log/logger.ts";
 import { GUEST_METHODS } from "../schema/guest.ts";
 import { describeIssues, fieldIssues, isMethodName, METHOD_NAMES, METHODS, type MethodName, type Params } from "../schema/methods.ts";
 import type { CallContext, Services } from "../services.ts";
+import type { RequestAuthenticator } from "../security/hmac.ts";
 import { errorCode, RpcError } from "./errors.ts";
 import { errorResponse, isValidId, type RequestId, type Response } from "./jsonrpc.ts";
 import type { RequestHandler } from "./session.ts";
@@ -25,6 +26,8 @@ export interface DispatcherDeps {
   osIdentity?: () => OsIdentity;
   /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
   platform?: NodeJS.Platform;
+  /** [security] hmac_key_file: when set, every request must be signed. */
+  authenticator?: RequestAuthenticator;
 }
 
 /** Implemented for Linux guests only until the Windows platform layer lands. */
@@ -122,6 +125,7 @@ export class Dispatcher implements RequestHandler {
     const fail = (error: unknown): Response | null => finish(this.toErrorResponse(id, method, error));
 
     try {
+      this.deps.authenticator?.verify(request);
       const result = this.invoke(method, params, context);
       if (result instanceof Promise) {
         return result.then((value) => finish({ jsonrpc: "2.0", id, result: value }), fail);

@@ -188,6 +188,8 @@ export interface AgentProcess {
   readonly configPath: string;
   readonly socketPath: string;
   readonly auditPath: string;
+  /** The key requests are signed with, for an agent started with [security] hmac_key_file. */
+  readonly hmacKey?: Uint8Array;
   /** Everything the agent logged on stderr so far. */
   stderr(): string;
   /** VmRSS of the agent in bytes. */
@@ -228,7 +230,9 @@ export async function terminate(proc: Subprocess, graceMs = 3_000): Promise<numb
  * `env` adds variables for the agent. (Bun.spawn passes the environment this
  * process started with, not later changes to process.env: set them here.)
  */
-export async function startAgentProcess(options: ConfigOptions & { startTimeoutMs?: number; env?: Record<string, string> } = {}): Promise<AgentProcess> {
+export async function startAgentProcess(
+  options: ConfigOptions & { startTimeoutMs?: number; env?: Record<string, string>; hmacKey?: Uint8Array } = {},
+): Promise<AgentProcess> {
   const binary = await ensureBinary();
   const dir = makeTempDir();
   const configPath = writeConfig(dir, options);
@@ -248,6 +252,7 @@ export async function startAgentProcess(options: ConfigOptions & { startTimeoutM
     configPath,
     socketPath,
     auditPath,
+    hmacKey: options.hmacKey,
     stderr: stderr.text,
     rss: () => readRss(proc.pid),
     alive: () => proc.exitCode === null && proc.signalCode === null,
@@ -273,7 +278,7 @@ async function waitUntilAnswering(agent: AgentProcess, timeoutMs: number): Promi
   while (Date.now() < deadline) {
     if (!agent.alive()) throw new Error(`agent exited with ${agent.proc.exitCode ?? agent.proc.signalCode}`);
     try {
-      const client = await AgentClient.connect(agent.socketPath, { timeoutMs: 2_000 });
+      const client = await AgentClient.connect(agent.socketPath, { timeoutMs: 2_000, hmacKey: agent.hmacKey });
       try {
         await client.waitReady({ timeoutMs: Math.max(deadline - Date.now(), 1), attemptMs: 1_000 });
         return;
@@ -290,7 +295,7 @@ async function waitUntilAnswering(agent: AgentProcess, timeoutMs: number): Promi
 
 /** Connect a typed client to a running agent. */
 export function connectClient(agent: AgentProcess, timeoutMs = 10_000): Promise<AgentClient> {
-  return AgentClient.connect(agent.socketPath, { timeoutMs });
+  return AgentClient.connect(agent.socketPath, { timeoutMs, hmacKey: agent.hmacKey });
 }
 
 // ---------------------------------------------------------------- raw frames
