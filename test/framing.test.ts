@@ -161,4 +161,23 @@ describe("resync marker", () => {
     decoder.push(concatBytes([SYNC_MARKER, encodeFrame("a"), SYNC_MARKER, encodeFrame("b")]));
     expect(events).toEqual([{ sync: true }, { frame: "a" }, { sync: true }, { frame: "b" }]);
   });
+
+  test("a marker right after a header that ends in 0xFF bytes (fuzz finding): one sync, and the next frame is decoded", () => {
+    // 0x7FFFFFFF ends in three 0xFF: with the marker they make a run of eleven, and the marker's last three
+    // bytes used to start a header 0xFFFFFF00 that swallowed the next 4 GiB of stream.
+    for (const stale of [header(0x7fff_ffff), header(0x0001_ffff), Uint8Array.of(0, 0xff)]) {
+      const whole = collect();
+      whole.decoder.push(concatBytes([stale, SYNC_MARKER, encodeFrame("next")]));
+      expect(whole.events.filter((e) => !("oversized" in e))).toEqual([{ sync: true }, { frame: "next" }]);
+      const bytewise = collect();
+      for (const byte of concatBytes([stale, SYNC_MARKER, encodeFrame("next")])) bytewise.decoder.push(Uint8Array.of(byte));
+      expect(bytewise.events.filter((e) => !("oversized" in e))).toEqual([{ sync: true }, { frame: "next" }]);
+    }
+  });
+
+  test("a run of more than eight 0xFF bytes is one marker", () => {
+    const { events, decoder } = collect();
+    decoder.push(concatBytes([new Uint8Array(20).fill(0xff), encodeFrame("after")]));
+    expect(events).toEqual([{ sync: true }, { frame: "after" }]);
+  });
 });

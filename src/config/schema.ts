@@ -3,7 +3,7 @@
  * default, so a missing file means a locked-down agent on the default port.
  */
 import { z } from "zod";
-import { DEFAULT_MAX_FRAME_BYTES } from "../protocol/framing.ts";
+import { DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT } from "../protocol/framing.ts";
 
 export const TRANSPORT_TYPES = ["virtio-serial", "unix-listen", "vsock-listen", "stdio"] as const;
 export type TransportType = (typeof TRANSPORT_TYPES)[number];
@@ -88,7 +88,7 @@ export const configSchema = z.strictObject({
     .prefault({}),
   limits: z
     .strictObject({
-      max_frame_bytes: z.number().int().min(1024).max(0xffffffff).default(DEFAULT_MAX_FRAME_BYTES),
+      max_frame_bytes: z.number().int().min(1024).max(MAX_FRAME_BYTES_LIMIT).default(DEFAULT_MAX_FRAME_BYTES).describe("Up to 1 GiB: a header never starts with 0xFF, which keeps the resync marker unambiguous"),
       max_in_flight: z.number().int().min(1).max(4096).default(64),
       max_batch_requests: z.number().int().min(1).max(100_000).default(1024),
       exec_timeout_ms: z.number().int().min(1).max(86_400_000).default(30_000),

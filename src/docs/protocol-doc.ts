@@ -47,7 +47,9 @@ in a row — which UTF-8 JSON never contains — are reserved as the **sync mark
    QEMU drops what a host writes while the guest has the port closed).
 2. Wherever the marker appears in the stream — between frames, inside a header, inside a payload — the agent
    drops any partial frame, echoes the marker, and reads a fresh frame header right after it. Replies to
-   requests that arrived before the marker are not sent.
+   requests that arrived before the marker are not sent. The run counts from its first \`0xFF\` (which may be a
+   byte of a header, as in a length of \`0x0001FFFF\`), and a longer run is still one marker: further \`0xFF\`
+   bytes after it are skipped, since no header starts with \`0xFF\` (\`max_frame_bytes\` is at most 1 GiB).
 3. The host discards every byte it receives before the echoed marker.
 
 Fewer than eight \`0xFF\` bytes are ordinary (invalid) payload bytes: such a frame gets ${JSONRPC_ERRORS.PARSE_ERROR.code} and the stream stays in sync.

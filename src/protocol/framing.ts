@@ -16,6 +16,8 @@
 
 export const HEADER_BYTES = 4;
 export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** The largest max_frame_bytes a config may set: far below 0xFF000000, so no valid header starts with 0xFF. */
+export const MAX_FRAME_BYTES_LIMIT = 1024 * 1024 * 1024;
 /** A u32 length cannot describe more than this. */
 export const MAX_ENCODABLE_FRAME_BYTES = 0xffff_ffff;
 
@@ -38,6 +40,13 @@ export class FrameDecoder {
   private skipRemaining = 0;
   /** 0xFF bytes seen in a row so far, across chunks. */
   private syncRun = 0;
+  /**
+   * Just after a marker: more 0xFF bytes belong to it. The run that completes a
+   * marker may have begun inside a header (a length such as 0x7FFFFFFF ends in
+   * 0xFF bytes); the marker's own remaining bytes must not start a new header.
+   * No header starts with 0xFF (max_frame_bytes is far below 0xFF000000).
+   */
+  private afterSync = false;
 
   constructor(
     private readonly sink: FrameSink,
@@ -56,17 +65,24 @@ export class FrameDecoder {
     this.payloadFilled = 0;
     this.skipRemaining = 0;
     this.syncRun = 0;
+    this.afterSync = false;
   }
 
   push(chunk: Uint8Array): void {
     let start = 0;
     for (;;) {
+      if (this.afterSync) {
+        while (start < chunk.length && chunk[start] === 0xff) start++;
+        if (start === chunk.length) return;
+        this.afterSync = false;
+      }
       const markerEnd = this.findMarkerEnd(chunk, start);
       if (markerEnd < 0) return this.decode(chunk, start, chunk.length);
       // Bytes before the marker still belong to the old stream; then start afresh.
       this.decode(chunk, start, Math.max(start, markerEnd - SYNC_MARKER.length));
       this.reset();
       this.sink.onSync();
+      this.afterSync = true;
       start = markerEnd;
     }
   }
