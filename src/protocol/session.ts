@@ -4,6 +4,7 @@
  * order they finish. When the limit is reached, reading pauses so a pipelining
  * host is slowed down instead of filling the agent's memory.
  */
+import { idleGc } from "../runtime/idle-gc.ts";
 import type { AgentConfig } from "../config/schema.ts";
 import { silentLogger, type Logger } from "../log/logger.ts";
 import type { CallContext } from "../services.ts";
@@ -50,6 +51,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   }
 
   onData(chunk: Uint8Array): void {
+    idleGc.noteActivity();
     this.corked = [];
     try {
       this.decoder.push(chunk);

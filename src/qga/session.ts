@@ -2,6 +2,7 @@
  * One QGA connection: JSON values in, one reply line per request out, in
  * request order (qemu-ga answers one request at a time; hosts rely on it).
  */
+import { idleGc } from "../runtime/idle-gc.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorLine, type QgaDispatcher, type QgaReply } from "./dispatcher.ts";
 import { genericError } from "./errors.ts";
@@ -26,6 +27,7 @@ export class QgaSession implements ConnectionHandler, QgaStreamSink {
   ) {}
 
   onData(chunk: Uint8Array): void {
+    idleGc.noteActivity();
     this.parser.push(chunk);
   }
 
