@@ -19,6 +19,6 @@ export function createServices(config: AgentConfig, logger: Logger, audit: Audit
     users: new UtmpUsers(),
     power: new PowerController(logger, audit),
     fsfreeze: new FsFreeze(config.qga.state_dir, config.fsfreeze.hook || undefined, linuxFreezeOps, logger),
-    guest: new LinuxGuest(),
+    guest: new LinuxGuest({ logger, audit }),
   };
 }

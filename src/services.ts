@@ -50,7 +50,7 @@ export interface PowerService {
   request(action: "poweroff" | "reboot" | "halt", params: Params<"shutdown">): Answer<Result<"shutdown">>;
 }
 
-/** The guest's clock, hardware, disks and accounts (src/guest), shaped for the native protocol. */
+/** The guest's clock, hardware, disks, routes, sleep and accounts (src/guest), shaped for the native protocol. */
 export interface GuestService {
   getTime(): Result<"get_time">;
   setTime(params: Params<"set_time">): Promise<Result<"set_time">>;
@@ -59,6 +59,7 @@ export interface GuestService {
   getVcpus(): Result<"get_vcpus">;
   setVcpus(params: Params<"set_vcpus">): Result<"set_vcpus">;
   getNetworkInterfaces(): Result<"get_network_interfaces">;
+  getNetworkRoutes(): Result<"get_network_routes">;
   getFsinfo(): Result<"get_fsinfo">;
   getDisks(): Result<"get_disks">;
   getDiskstats(): Result<"get_diskstats">;
@@ -66,6 +67,8 @@ export interface GuestService {
   getMemoryBlockInfo(): Result<"get_memory_block_info">;
   setMemoryBlocks(params: Params<"set_memory_blocks">): Result<"set_memory_blocks">;
   fstrim(params: Params<"fstrim">): Result<"fstrim">;
+  /** Replies before the guest suspends. */
+  suspend(params: Params<"suspend">): Promise<Result<"suspend">>;
   setUserPassword(params: Params<"set_user_password">): Promise<Result<"set_user_password">>;
   sshGetAuthorizedKeys(params: Params<"ssh_get_authorized_keys">): Result<"ssh_get_authorized_keys">;
   sshAddAuthorizedKeys(params: Params<"ssh_add_authorized_keys">): Result<"ssh_add_authorized_keys">;

@@ -261,7 +261,10 @@ describe("frozen state in the dispatchers", () => {
     sendJson({ jsonrpc: "2.0", id: 2, method: "get_metrics", params: {} });
     sendJson({ jsonrpc: "2.0", id: 3, method: "fsfreeze_status" });
     sendJson({ jsonrpc: "2.0", id: 4, method: "fsfreeze_freeze" });
-    while (replies.length < 4) await Bun.sleep(5);
+    sendJson({ jsonrpc: "2.0", id: 5, method: "get_network_routes" });
+    // A mode that does not exist: were the freeze not checked first, this would be -32602, never a suspend of this machine.
+    sendJson({ jsonrpc: "2.0", id: 6, method: "suspend", params: { mode: "none" } });
+    while (replies.length < 6) await Bun.sleep(5);
     const byId = new Map((replies as { id: number; result?: any; error?: any }[]).map((reply) => [reply.id, reply]));
     expect(byId.get(1)!.error).toEqual({
       code: -32006,
@@ -271,5 +274,7 @@ describe("frozen state in the dispatchers", () => {
     expect(byId.get(2)!.result.format).toBe("json");
     expect(byId.get(3)!.result).toEqual({ status: "frozen" });
     expect(byId.get(4)!.error.code).toBe(-32006);
+    expect(byId.get(5)!.result.routes.length).toBeGreaterThan(0);
+    expect(byId.get(6)!.error.code).toBe(-32006);
   });
 });

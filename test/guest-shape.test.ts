@@ -53,11 +53,12 @@ test("QGA's names: every snake_case field becomes qapi's kebab-case, values unto
 });
 
 test("the native shape of the same data passes its schema", () => {
-  const guest = new LinuxGuest();
+  const guest = new LinuxGuest({ logger: silentLogger, audit: new MemoryAudit() });
   expect(METHODS.get_vcpus.result.parse(guest.getVcpus())).toEqual({ vcpus: guestVcpus() });
   const reads: [MethodName, () => unknown][] = [
     ["get_os_info", () => guest.getOsInfo()],
     ["get_network_interfaces", () => guest.getNetworkInterfaces()],
+    ["get_network_routes", () => guest.getNetworkRoutes()],
     ["get_fsinfo", () => guest.getFsinfo()],
     ["get_disks", () => guest.getDisks()],
     ["get_diskstats", () => guest.getDiskstats()],
@@ -90,7 +91,7 @@ test("the clock as seconds and nanoseconds, exact past 2^53 nanoseconds", () => 
 test("ssh keys through the native service: params as validated, the file edited as for QGA", () => {
   const home = mkdtempSync(join(tmpdir(), "kma-native-ssh-"));
   try {
-    const guest = new LinuxGuest({ sshKeys: new SshKeys((name) => (name === "tester" ? { uid: process.getuid!(), gid: process.getgid!(), home } : null)) });
+    const guest = new LinuxGuest({ logger: silentLogger, audit: new MemoryAudit() }, { sshKeys: new SshKeys((name) => (name === "tester" ? { uid: process.getuid!(), gid: process.getgid!(), home } : null)) });
     const add = METHODS.ssh_add_authorized_keys.params.parse({ username: "tester", keys: ["ssh-ed25519 AAAA a", "ssh-ed25519 BBBB b"] });
     expect(add.reset).toBe(false);
     expect(guest.sshAddAuthorizedKeys(add)).toEqual({});
@@ -137,11 +138,13 @@ test("params reach the guest validated, defaults filled in; results come back as
   await call("set_user_password", { username: "alice", password: "pw" });
   await call("ssh_add_authorized_keys", { username: "alice", keys: [] });
   await call("set_time", {});
+  await call("suspend", { mode: "disk" }); // a fake guest: nothing here suspends this machine
   expect(calls).toEqual([
     ["setVcpus", { vcpus: [{ logical_id: 1, online: false }] }],
     ["setUserPassword", { username: "alice", password: "pw", crypted: false }],
     ["sshAddAuthorizedKeys", { username: "alice", keys: [], reset: false }],
     ["setTime", {}],
+    ["suspend", { mode: "disk" }],
   ]);
 });
 
@@ -163,6 +166,10 @@ test("bad params are refused before the guest is asked, naming the field", async
     ["set_user_password", { username: "root", password: "" }, "'password'"],
     ["ssh_add_authorized_keys", { username: "root", keys: ["# a comment"] }, "'keys.0': must be one OpenSSH public key line"],
     ["ssh_remove_authorized_keys", { username: "", keys: [] }, "'username'"],
+    ["suspend", {}, "'mode'"],
+    ["suspend", { mode: "standby" }, "'mode'"],
+    ["suspend", { mode: "ram", delay_seconds: 5 }, "'delay_seconds': unknown field"],
+    ["get_network_routes", { table: "all" }, "'table': unknown field"],
   ];
   for (const [method, params, expected] of refusals) {
     const reply = await call(method, params);
@@ -177,17 +184,19 @@ test("a guest failure answers the native code of its reason, with the native mes
     setVcpus: new GuestError("not_found", 'open("/sys/devices/system/cpu/cpu9/"): No such file or directory', "no logical processor #9"),
     sshGetAuthorizedKeys: new GuestError("invalid", "invalid OpenSSH public key: '#'"),
     fstrim: new GuestError("failed", "qemu words", "native words"),
+    suspend: new GuestError("unsupported", "the requested suspend mode is not supported by the guest", "the guest cannot suspend to hybrid: ..."),
   };
   const { call } = nativeDispatcher(fakeGuest(answers).guest);
   expect((await call("set_vcpus", { vcpus: [{ logical_id: 9, online: true }] })).error).toEqual({ code: -32002, message: "no logical processor #9" });
   expect((await call("ssh_get_authorized_keys", { username: "root" })).error).toEqual({ code: -32602, message: "invalid OpenSSH public key: '#'" });
   expect((await call("fstrim")).error).toEqual({ code: -32000, message: "native words" });
+  expect((await call("suspend", { mode: "hybrid" })).error).toEqual({ code: -32007, message: "the guest cannot suspend to hybrid: ..." });
 });
 
 test("the switches: system changes and credentials off answer -32001 (before params are looked at), reads stay on", async () => {
   const { guest, calls } = fakeGuest();
   const { call } = nativeDispatcher(guest, { systemChanges: false, credentials: false });
-  for (const method of ["set_time", "set_vcpus", "set_memory_blocks", "fstrim", "set_user_password", "ssh_add_authorized_keys", "ssh_remove_authorized_keys"]) {
+  for (const method of ["set_time", "set_vcpus", "set_memory_blocks", "fstrim", "suspend", "set_user_password", "ssh_add_authorized_keys", "ssh_remove_authorized_keys"]) {
     expect((await call(method, { bogus: 1 })).error).toMatchObject({ code: -32001, message: `Method '${method}' is disabled by the agent's config` });
   }
   await call("get_time");

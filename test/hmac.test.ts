@@ -15,7 +15,7 @@ function refusal(run: () => void): { reason: string; message: string } {
     run();
   } catch (error) {
     expect(error).toBeInstanceOf(RpcError);
-    expect((error as RpcError).code).toBe(-32007);
+    expect((error as RpcError).code).toBe(-32008);
     return { reason: ((error as RpcError).data as { reason: string }).reason, message: (error as Error).message };
   }
   throw new Error("expected a refusal");

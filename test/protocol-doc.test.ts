@@ -47,3 +47,8 @@ test("the README lists every QGA command the agent serves, and no other", async 
   const listed = [...served.matchAll(/`(guest-[a-z-]+)`/g)].map((match) => match[1]);
   expect(listed.sort()).toEqual([...QGA_COMMAND_NAMES].sort());
 });
+
+test("no two errors share a code", () => {
+  const codes = [...Object.values(JSONRPC_ERRORS), ...Object.values(APPLICATION_ERRORS)].map((error) => error.code);
+  expect(new Set(codes).size).toBe(codes.length);
+});

@@ -74,7 +74,7 @@ export const configSchema = z.strictObject({
       enable_system_changes: z
         .boolean()
         .default(true)
-        .describe("set_time, set_vcpus, set_memory_blocks, fstrim and their QGA commands (qemu-ga serves them by default)"),
+        .describe("set_time, set_vcpus, set_memory_blocks, fstrim, suspend and their QGA commands (qemu-ga serves them by default)"),
       enable_credentials: z
         .boolean()
         .default(true)

@@ -6,7 +6,8 @@
  */
 import { errnoOf } from "../files/fsx.ts";
 
-export type GuestFailure = "failed" | "not_found" | "invalid";
+/** failed: the OS refused or failed it; unsupported: the guest has no way to do it at all. */
+export type GuestFailure = "failed" | "not_found" | "invalid" | "unsupported";
 
 export class GuestError extends Error {
   constructor(

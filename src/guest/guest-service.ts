@@ -2,7 +2,8 @@
  * The native protocol's view of the guest: the same operations QGA runs
  * (src/guest), shaped as its schemas say — lists wrapped in an object, the
  * clock as seconds and nanoseconds (JSON numbers lose nanoseconds past 2^53),
- * the password a plain string.
+ * routes with the kernel's numbers, the password a plain string, and suspend
+ * answered before the guest sleeps.
  */
 import type { Params, Result } from "../schema/methods.ts";
 import type { GuestService } from "../services.ts";
@@ -22,6 +23,8 @@ import {
 import { errnoOf } from "../files/fsx.ts";
 import { failed, GuestError } from "./errors.ts";
 import { setUserPassword } from "./password.ts";
+import { guestNetworkRoutes, type GuestNetworkRoute } from "./route.ts";
+import { SuspendController, type SuspendLog } from "./suspend.ts";
 import { SshKeys } from "./ssh.ts";
 import { realtimeNs, setTime } from "./time.ts";
 import { guestTimezone } from "./timezone.ts";
@@ -46,16 +49,38 @@ export function fromOs<T>(what: string, read: () => T): T {
   }
 }
 
+type Route = Result<"get_network_routes">["routes"][number];
+
+/**
+ * A route with qemu-ga's C ints undone: every number as the kernel keeps it
+ * (unsigned 32-bit; an IPv6 row's flags are sign-extended to 64 bits for
+ * QGA), prefix lengths as numbers rather than qapi's strings.
+ */
+export function nativeRoute(route: GuestNetworkRoute): Route {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(route)) {
+    if (typeof value === "bigint") out[key] = Number(BigInt.asUintN(32, value));
+    else if (key === "desprefixlen" || key === "srcprefixlen") out[key] = Number(value);
+    else if (typeof value === "number" && key !== "version") out[key] = value >>> 0;
+    else out[key] = value;
+  }
+  return out as Route;
+}
+
 export interface LinuxGuestOptions {
   /** Whose ~/.ssh the ssh_* methods edit; tests point it at a scratch home. */
   sshKeys?: SshKeys;
+  /** How suspend reaches the guest's tools and /sys/power/state; tests inject their own. */
+  suspend?: SuspendController;
 }
 
 export class LinuxGuest implements GuestService {
   private readonly sshKeys: SshKeys;
+  private readonly suspender: SuspendController;
 
-  constructor(options: LinuxGuestOptions = {}) {
+  constructor(log: SuspendLog, options: LinuxGuestOptions = {}) {
     this.sshKeys = options.sshKeys ?? new SshKeys();
+    this.suspender = options.suspend ?? new SuspendController(log);
   }
 
   getTime(): Timespec {
@@ -87,6 +112,10 @@ export class LinuxGuest implements GuestService {
     return { interfaces: fromOs("the network interfaces", () => guestNetworkInterfaces()) };
   }
 
+  getNetworkRoutes(): Result<"get_network_routes"> {
+    return { routes: guestNetworkRoutes().map(nativeRoute) };
+  }
+
   getFsinfo(): Result<"get_fsinfo"> {
     return { filesystems: fromOs("the filesystems", () => guestFsInfo()) };
   }
@@ -113,6 +142,10 @@ export class LinuxGuest implements GuestService {
 
   fstrim(params: Params<"fstrim">): Result<"fstrim"> {
     return guestFstrim(params.minimum);
+  }
+
+  suspend(params: Params<"suspend">): Promise<Result<"suspend">> {
+    return this.suspender.request(params.mode);
   }
 
   async setUserPassword(params: Params<"set_user_password">): Promise<Result<"set_user_password">> {

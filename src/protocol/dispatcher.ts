@@ -40,12 +40,12 @@ const LINUX_ONLY = new Set<MethodName>([
 ]);
 
 /** A guest operation's failure, as the native protocol answers it (QGA answers the same failure in qemu-ga's words). */
-const GUEST_ERROR_CODES = { failed: "OPERATION_FAILED", not_found: "NOT_FOUND", invalid: "INVALID_PARAMS" } as const;
+const GUEST_ERROR_CODES = { failed: "OPERATION_FAILED", not_found: "NOT_FOUND", invalid: "INVALID_PARAMS", unsupported: "UNSUPPORTED" } as const;
 
 /** What runs while filesystems are frozen: reads of /proc, /sys, utmp and the clock, and the thaw (writes would block the agent). */
 const FROZEN_SAFE = new Set<MethodName>([
   "ping", "get_info", "get_metrics", "get_users", "fsfreeze_status", "fsfreeze_thaw",
-  "get_time", "get_timezone", "get_os_info", "get_vcpus", "get_network_interfaces", "get_fsinfo", "get_disks", "get_diskstats",
+  "get_time", "get_timezone", "get_os_info", "get_vcpus", "get_network_interfaces", "get_network_routes", "get_fsinfo", "get_disks", "get_diskstats",
   "get_memory_blocks", "get_memory_block_info",
 ]);
 
@@ -66,6 +66,7 @@ export class Dispatcher implements RequestHandler {
       case "set_vcpus":
       case "set_memory_blocks":
       case "fstrim":
+      case "suspend":
         return security.enable_system_changes;
       case "set_user_password":
       case "ssh_add_authorized_keys":
@@ -202,6 +203,9 @@ export class Dispatcher implements RequestHandler {
       case "get_network_interfaces":
         this.parseParams("get_network_interfaces", params);
         return guest.getNetworkInterfaces();
+      case "get_network_routes":
+        this.parseParams("get_network_routes", params);
+        return guest.getNetworkRoutes();
       case "get_fsinfo":
         this.parseParams("get_fsinfo", params);
         return guest.getFsinfo();
@@ -221,6 +225,8 @@ export class Dispatcher implements RequestHandler {
         return guest.setMemoryBlocks(this.parseParams("set_memory_blocks", params));
       case "fstrim":
         return guest.fstrim(this.parseParams("fstrim", params));
+      case "suspend":
+        return guest.suspend(this.parseParams("suspend", params));
       case "set_user_password":
         return guest.setUserPassword(this.parseParams("set_user_password", params));
       case "ssh_get_authorized_keys":

@@ -19,11 +19,12 @@ export const APPLICATION_ERRORS = {
   TIMEOUT: { code: -32003, meaning: "The operation did not finish within its time limit." },
   TOO_LARGE: { code: -32004, meaning: "A frame, payload or output is above a configured limit; data.limit gives the limit." },
   UNSUPPORTED_OS: { code: -32005, meaning: "The method exists but is not implemented on this guest operating system." },
+  FROZEN: { code: -32006, meaning: "Filesystems are frozen (fsfreeze_freeze): only calls that cannot write to disk are served until fsfreeze_thaw." },
+  UNSUPPORTED: { code: -32007, meaning: "The guest has no way to do what was asked (e.g. a suspend mode that neither systemd, pm-utils nor its kernel offers); asking again will not help." },
   UNAUTHENTICATED: {
-    code: -32007,
+    code: -32008,
     meaning: "The agent requires signed requests ([security] hmac_key_file) and this one is unsigned, wrongly signed, outside the time window or replayed; data.reason says which.",
   },
-  FROZEN: { code: -32006, meaning: "Filesystems are frozen (fsfreeze_freeze): only calls that cannot write to disk are served until fsfreeze_thaw." },
 } as const;
 
 export type ErrorName = keyof typeof JSONRPC_ERRORS | keyof typeof APPLICATION_ERRORS;

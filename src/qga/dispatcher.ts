@@ -14,8 +14,8 @@ import { setUserPassword } from "../guest/password.ts";
 import { SshKeys } from "../guest/ssh.ts";
 import { realtimeNs, setTime } from "../guest/time.ts";
 import { guestTimezone } from "../guest/timezone.ts";
-import { guestNetworkRoutes } from "./route.ts";
-import { guestSuspend } from "./suspend.ts";
+import { guestNetworkRoutes } from "../guest/route.ts";
+import { guestSuspend } from "../guest/suspend.ts";
 import type { QgaFiles } from "./files.ts";
 import { qgaPassword } from "./password.ts";
 import { qapiMemoryBlockResponses, qapiNames } from "./shape.ts";
@@ -75,7 +75,7 @@ export interface QgaDispatcherDeps {
   allowRpcs: readonly string[];
   /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
   platform?: NodeJS.Platform;
-  /** [security] enable_system_changes: guest-set-time, -set-vcpus, -set-memory-blocks, -fstrim. */
+  /** [security] enable_system_changes: guest-set-time, -set-vcpus, -set-memory-blocks, -fstrim, -suspend-*. */
   systemChangesEnabled: boolean;
   /** [security] enable_credentials: guest-set-user-password, -ssh-add- and -ssh-remove-authorized-keys. */
   credentialsEnabled: boolean;
@@ -86,7 +86,10 @@ export interface QgaDispatcherDeps {
 /** What qemu-ga serves while filesystems are frozen: nothing that could write to them. */
 const FROZEN_SAFE = new Set<QgaCommandName>(["guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status", "guest-fsfreeze-thaw"]);
 /** The security policy's switches (the native methods they match follow the same ones). */
-const SYSTEM_CHANGES = new Set<QgaCommandName>(["guest-set-time", "guest-set-vcpus", "guest-set-memory-blocks", "guest-fstrim"]);
+const SYSTEM_CHANGES = new Set<QgaCommandName>([
+  "guest-set-time", "guest-set-vcpus", "guest-set-memory-blocks", "guest-fstrim",
+  "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid",
+]);
 const CREDENTIALS = new Set<QgaCommandName>(["guest-set-user-password", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]);
 
 /** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */

@@ -53,6 +53,30 @@ const memoryBlock = z.strictObject({
 
 const emptyResult = z.strictObject({});
 
+/** The kernel keeps these as unsigned 32-bit numbers (qemu-ga reads them into C ints, so QGA may show them negative). */
+const u32 = count.max(0xffff_ffff);
+
+const route = z.strictObject({
+  iface: z.string().describe("Interface name; '*' for an IPv4 route without one (unreachable)"),
+  destination: z.string().describe("Destination network address"),
+  metric: u32,
+  gateway: z.string().optional().describe("IPv4: next hop, 0.0.0.0 for none"),
+  mask: z.string().optional().describe("IPv4: destination netmask"),
+  irtt: u32.optional().describe("IPv4: initial round-trip time"),
+  flags: u32.optional().describe("RTF_* flags (RTF_UP 0x1, RTF_GATEWAY 0x2, RTF_HOST 0x4, ...)"),
+  refcnt: u32.optional(),
+  use: u32.optional(),
+  window: u32.optional().describe("IPv4"),
+  mtu: u32.optional().describe("IPv4"),
+  desprefixlen: count.max(128).optional().describe("IPv6: destination prefix length"),
+  source: z.string().optional().describe("IPv6: source address, :: for any"),
+  srcprefixlen: count.max(128).optional().describe("IPv6: source prefix length"),
+  nexthop: z.string().optional().describe("IPv6: next hop, :: for none"),
+  version: z.union([z.literal(4), z.literal(6)]),
+});
+
+const suspendMode = z.enum(["ram", "disk", "hybrid"]);
+
 export const GUEST_METHODS = {
   get_time: {
     summary: "The guest's real-time clock (guest-get-time).",
@@ -142,6 +166,12 @@ export const GUEST_METHODS = {
         }),
       ),
     }),
+  },
+  get_network_routes: {
+    summary:
+      "The guest's routes (guest-network-get-route): the IPv4 main table from /proc/net/route, then every IPv6 table from /proc/net/ipv6_route, the kernel's null entry included. Unlike QGA, numbers are the kernel's unsigned values and prefix lengths are numbers (qemu-ga reads them into C ints and strings).",
+    params: z.strictObject({}),
+    result: z.strictObject({ routes: z.array(route) }),
   },
   get_fsinfo: {
     summary: "Every block-backed mount: device, type, usage (without root-reserved space) and the disks under it (guest-get-fsinfo).",
@@ -250,6 +280,20 @@ export const GUEST_METHODS = {
           error: z.string().optional(),
         }),
       ),
+    }),
+  },
+  suspend: {
+    summary:
+      "Suspend the guest (guest-suspend-ram, -disk, -hybrid): replies first, then (at least 250 ms later) suspends the way qemu-ga would — systemd if it has the unit, else pm-utils if pm-is-supported says so, else a write to /sys/power/state — falling through to the next way when one fails (logged and audited). A mode the guest has no way to do is refused with -32007 before anything runs; a request while one is under way with -32000. The host wakes the guest (QMP system_wakeup, virsh dompmwakeup). Switched by [security] enable_system_changes.",
+    params: z.strictObject({
+      mode: suspendMode.describe("ram: suspend to RAM (S3); disk: hibernate (S4); hybrid: both, through systemd or pm-utils only"),
+    }),
+    result: z.strictObject({
+      accepted: z.literal(true),
+      mode: suspendMode,
+      method: z.enum(["systemd", "pm-utils", "sysfs"]).describe("The way tried first"),
+      command: z.array(z.string()).optional().describe("systemd, pm-utils: the tool (absolute path) and its arguments"),
+      state: z.enum(["mem", "disk"]).optional().describe("sysfs: the word written to /sys/power/state"),
     }),
   },
   set_user_password: {

@@ -20,11 +20,15 @@ let agent: AgentProcess;
 let client: AgentClient;
 let locked: AgentProcess;
 let lockedClient: AgentClient;
+const qgaSocket = join(os.tmpdir(), `kma-guest-e2e-${process.pid}.sock`);
+const lockedQgaSocket = join(os.tmpdir(), `kma-guest-e2e-locked-${process.pid}.sock`);
 
 beforeAll(async () => {
-  agent = await startAgentProcess({ extraToml: '[qga]\ntype = "unix-listen"\npath = "QGA_SOCKET"\n'.replace("QGA_SOCKET", join(os.tmpdir(), `kma-guest-e2e-${process.pid}.sock`)) });
+  agent = await startAgentProcess({ extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(qgaSocket)}\n` });
   client = await connectClient(agent);
-  locked = await startAgentProcess({ extraToml: "[security]\nenable_system_changes = false\nenable_credentials = false\n" });
+  locked = await startAgentProcess({
+    extraToml: `[qga]\ntype = "unix-listen"\npath = ${JSON.stringify(lockedQgaSocket)}\n[security]\nenable_system_changes = false\nenable_credentials = false\n`,
+  });
   lockedClient = await connectClient(locked);
 }, 60_000);
 
@@ -35,21 +39,26 @@ afterAll(async () => {
   await locked?.stop();
 });
 
-/** One QGA command on the agent's QGA port; its `return` (or error). */
-async function qga(execute: string): Promise<any> {
+/** One QGA request on an agent's QGA port; its reply line as sent. */
+async function qgaLine(request: object, socketPath = qgaSocket): Promise<string> {
   let received = "";
   const socket = await Bun.connect({
-    unix: join(os.tmpdir(), `kma-guest-e2e-${process.pid}.sock`),
+    unix: socketPath,
     socket: {
       data(_, chunk) {
         received += chunk.toString();
       },
     },
   });
-  socket.write(JSON.stringify({ execute }));
+  socket.write(JSON.stringify(request));
   await eventually(() => received.includes("\n"));
   socket.end();
-  return JSON.parse(received);
+  return received;
+}
+
+/** One QGA command on the agent's QGA port; its `return` (or error). */
+async function qga(execute: string): Promise<any> {
+  return JSON.parse(await qgaLine({ execute }));
 }
 
 const snake = (value: unknown): unknown =>
@@ -94,6 +103,26 @@ test("get_network_interfaces: QGA's interfaces and addresses, with counters", as
   expect(lo.statistics!.rx_packets).toBeGreaterThanOrEqual(0);
 });
 
+test("get_network_routes: QGA's routes with qemu-ga's C ints undone — the kernel's unsigned numbers, prefix lengths as numbers", async () => {
+  const { routes } = await client.getNetworkRoutes();
+  // Flags of local IPv6 routes pass 2^53 in QGA's reply: read them as text.
+  const line = await qgaLine({ execute: "guest-network-get-route" });
+  const theirs = JSON.parse(line.replace(/"flags": (\d+)/g, '"flags": "$1"')).return as Record<string, string | number>[];
+  const kernels = (route: Record<string, string | number>) =>
+    Object.fromEntries(
+      Object.entries(route).map(([key, value]) => [
+        key,
+        key === "flags" ? Number(BigInt(value) & 0xffff_ffffn) : key.endsWith("prefixlen") ? Number(value) : key === "version" ? value : typeof value === "number" ? value >>> 0 : value,
+      ]),
+    );
+  // A route's reference and use counts move with the traffic between the two calls.
+  const withoutCounts = (list: Record<string, unknown>[]) => list.map(({ refcnt: _, use: __, ...rest }) => rest);
+  expect(withoutCounts(routes)).toEqual(withoutCounts(theirs.map(kernels)));
+  expect(routes.filter((route) => route.version === 4).length).toBe(readFileSync("/proc/net/route", "utf8").trim().split("\n").length - 1);
+  const local = routes.find((route) => route.destination === "::1");
+  if (local) expect(local.flags! & 0x8000_0000).not.toBe(0); // RTF_LOCAL, whole and unsigned (QGA's is 2^64 - 2^32 + flags)
+});
+
 test("get_diskstats lists every /proc/diskstats line with its counters", async () => {
   const { disks } = await client.getDiskstats();
   const lines = readFileSync("/proc/diskstats", "utf8").trim().split("\n");
@@ -125,6 +154,11 @@ test("bad params of every changing method are refused with -32602 naming the fie
     [() => client.sshAddAuthorizedKeys({ username: "root", keys: ["# not a key"] }), "keys.0"],
     [() => client.sshRemoveAuthorizedKeys({ username: "root", keys: ["two\nlines"] }), "keys.0"],
     [() => client.getVcpus({ all: true } as never), "all"],
+    [() => client.getNetworkRoutes({ table: "all" } as never), "table"],
+    // Never a valid mode here: it would suspend this machine.
+    [() => client.suspend({} as never), "mode"],
+    [() => client.suspend({ mode: "standby" } as never), "mode"],
+    [() => client.suspend({ mode: "ram", delay_seconds: 1 } as never), "delay_seconds"],
   ];
   for (const [call, field] of cases) {
     const error = await refused(call());
@@ -155,9 +189,9 @@ test("what the guest itself refuses: a CPU or a user that does not exist is -320
 });
 
 test("switched off in [security], every changing method answers -32001 and get_info says so; reads still answer", async () => {
-  const switched = ["set_time", "set_vcpus", "set_memory_blocks", "fstrim", "set_user_password", "ssh_add_authorized_keys", "ssh_remove_authorized_keys"] as const;
+  const switched = ["set_time", "set_vcpus", "set_memory_blocks", "fstrim", "suspend", "set_user_password", "ssh_add_authorized_keys", "ssh_remove_authorized_keys"] as const;
   for (const method of switched) {
-    // Params that are valid where it matters: if the switch failed, these would run.
+    // Params that are valid where it matters: if the switch failed, these would run (all but suspend's: it gets none, and would be -32602).
     const error = await refused(lockedClient.call(method, (method === "set_user_password" ? { username: "root", password: "kma-secret-e2e" } : {}) as never));
     expect(error.code).toBe(-32001);
   }
@@ -165,6 +199,17 @@ test("switched off in [security], every changing method answers -32001 and get_i
   const names = Object.keys(GUEST_METHODS);
   expect(methods.filter((m) => names.includes(m.name) && !m.enabled).map((m) => m.name).sort()).toEqual([...switched].sort());
   expect((await lockedClient.getVcpus()).vcpus.length).toBeGreaterThan(0);
+  // The QGA port follows the same switch, in qemu-ga -b's words. (An unexpected argument: were the switch
+  // not looked at first, the answer would be "Parameter 'bogus' is unexpected", never a suspend of this machine.)
+  for (const execute of ["guest-suspend-ram", "guest-suspend-disk", "guest-suspend-hybrid", "guest-set-time"]) {
+    expect(await qgaLine({ execute, arguments: { bogus: 1 } }, lockedQgaSocket)).toBe(`{"error": {"class": "CommandNotFound", "desc": "Command ${execute} has been disabled"}}\n`);
+  }
+  const { supported_commands } = JSON.parse(await qgaLine({ execute: "guest-info" }, lockedQgaSocket)).return as { supported_commands: { name: string; enabled: boolean }[] };
+  expect(supported_commands.filter((c) => c.name.startsWith("guest-suspend-"))).toEqual([
+    { name: "guest-suspend-disk", enabled: false, "success-response": false },
+    { name: "guest-suspend-ram", enabled: false, "success-response": false },
+    { name: "guest-suspend-hybrid", enabled: false, "success-response": false },
+  ] as never);
 });
 
 test("no password reaches the audit log or the agent's log", async () => {

@@ -23,7 +23,7 @@ beforeAll(async () => {
 
 afterAll(() => agent?.stop());
 
-test("signed calls work; unsigned ones and ones signed with another key are refused with -32007 and audited", async () => {
+test("signed calls work; unsigned ones and ones signed with another key are refused with -32008 and audited", async () => {
   const client = await connectClient(agent);
   expect(await client.ping({ payload: "signed" })).toEqual({ pong: true, payload: "signed" });
   expect((await client.getInfo()).methods.length).toBeGreaterThan(10);
@@ -32,12 +32,12 @@ test("signed calls work; unsigned ones and ones signed with another key are refu
   for (const hmacKey of [undefined, Buffer.from("not the agent's key, but long enough")]) {
     const stranger = await AgentClient.connect(agent.socketPath, { timeoutMs: 5_000, hmacKey });
     const refused = stranger.ping({});
-    await expect(refused).rejects.toMatchObject({ code: -32007, data: { reason: hmacKey ? "bad_mac" : "missing" } });
+    await expect(refused).rejects.toMatchObject({ code: -32008, data: { reason: hmacKey ? "bad_mac" : "missing" } });
     stranger.close();
   }
   const audit = await eventually(() => {
     const lines = readFileSync(agent.auditPath, "utf8").trim().split("\n").map((line) => JSON.parse(line));
-    const refusals = lines.filter((line) => line.code === -32007);
+    const refusals = lines.filter((line) => line.code === -32008);
     return refusals.length >= 2 ? refusals : undefined;
   });
   expect(audit.map((line) => [line.method, line.outcome])).toEqual([
@@ -50,9 +50,9 @@ test("a signed request captured on the wire is refused when played again", async
   const connection = await RawConnection.connect(agent.socketPath);
   const signed = signRequest(key, { jsonrpc: "2.0", id: "once", method: "ping", params: {} });
   expect(await connection.request(signed)).toEqual({ jsonrpc: "2.0", id: "once", result: { pong: true } });
-  expect(await connection.request(signed)).toMatchObject({ id: "once", error: { code: -32007, message: "Unauthenticated: this nonce was already used", data: { reason: "replayed" } } });
+  expect(await connection.request(signed)).toMatchObject({ id: "once", error: { code: -32008, message: "Unauthenticated: this nonce was already used", data: { reason: "replayed" } } });
   const stale = signRequest(key, { jsonrpc: "2.0", id: "old", method: "ping", params: {} }, Date.now() - 60_000);
-  expect(await connection.request(stale)).toMatchObject({ id: "old", error: { code: -32007, data: { reason: "stale" } } });
+  expect(await connection.request(stale)).toMatchObject({ id: "old", error: { code: -32008, data: { reason: "stale" } } });
   connection.close();
 });
 

@@ -1,10 +1,10 @@
 /**
  * The rest of the native methods on a real guest, over real virtio-serial:
  * streamed exec, small atomic copies, an aborted upload, an archive
- * swapped in atomically, and the guest methods that change the guest (its
- * clock, CPUs, memory blocks, disk, root's password and ssh keys), checked
- * from inside it. (ping, get_info, exec, push/pull, metrics, users and power
- * have their own VM tests.)
+ * swapped in atomically, the guest's routes, and the guest methods that
+ * change the guest (its clock, CPUs, memory blocks, disk, root's password and
+ * ssh keys, and suspend, in a VM of its own), checked from inside it. (ping,
+ * get_info, exec, push/pull, metrics, users and power have their own VM tests.)
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
@@ -203,3 +203,62 @@ test("set_time sets the guest's clock and its RTC; set_time without seconds read
   await client.setTime({ seconds: Math.floor(Date.now() / 1000) });
   expect(await refusal(client.setTime({ seconds: 4_102_444_800 }))).toMatchObject({ code: -32602 });
 }, 60_000);
+
+test("get_network_routes: the guest's routes after it brought eth0 up, with the kernel's numbers", async () => {
+  await inGuest("ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 metric 50 && echo ok");
+  const { routes } = await client.getNetworkRoutes();
+  const v4 = routes.filter((route) => route.version === 4).map(({ iface, destination, gateway, mask, metric, flags }) => ({ iface, destination, gateway, mask, metric, flags }));
+  expect(v4).toEqual([
+    { iface: "eth0", destination: "0.0.0.0", gateway: "10.0.2.2", mask: "0.0.0.0", metric: 50, flags: 3 }, // RTF_UP | RTF_GATEWAY
+    { iface: "eth0", destination: "10.0.2.0", gateway: "0.0.0.0", mask: "255.255.255.0", metric: 0, flags: 1 },
+  ]);
+  // The loopback route is local (RTF_LOCAL, bit 31): whole and unsigned here, where QGA sign-extends it past 2^53.
+  const loopback = routes.find((route) => route.version === 6 && route.destination === "::1")!;
+  expect(loopback).toMatchObject({ iface: "lo", desprefixlen: 128, srcprefixlen: 0, nexthop: "::" });
+  expect(loopback.flags! >>> 31).toBe(1);
+  expect(loopback.flags!).toBeLessThan(2 ** 32);
+}, 60_000);
+
+test("suspend {mode: ram} replies first (the kernel's /sys/power/state, as the guest has no systemd or pm-utils), QEMU sees it suspended, system_wakeup brings the agent back", async () => {
+  const sleeper = await TestVm.boot({ image: await guestImage(await ensureBinary()) });
+  const native = await AgentClient.connect(sleeper.agentSocket, { timeoutMs: 60_000 });
+  try {
+    await native.waitReady({ timeoutMs: 90_000 });
+    const status = async () => ((await sleeper.execute("query-status")) as { status: string }).status;
+    const waitForStatus = async (wanted: string) => {
+      const deadline = Date.now() + 60_000;
+      while ((await status()) !== wanted) {
+        if (Date.now() > deadline) throw new Error(`VM never reached ${wanted}: ${await status()}\n${sleeper.console().slice(-2000)}`);
+        await Bun.sleep(100);
+      }
+    };
+    // What the guest cannot do is refused before anything is tried: the kernel has no hybrid state.
+    const hybrid = await refusal(native.suspend({ mode: "hybrid" }));
+    expect(hybrid.code).toBe(-32007);
+    expect(hybrid.message).toContain("the guest cannot suspend to hybrid");
+    expect(await status()).toBe("running");
+
+    expect(await native.suspend({ mode: "ram" })).toEqual({ accepted: true, mode: "ram", method: "sysfs", state: "mem" });
+    await waitForStatus("suspended");
+    // Sent while the guest sleeps: answered once it has resumed.
+    const pinged = native.ping({ payload: "after-resume" });
+    await sleeper.execute("system_wakeup");
+    await waitForStatus("running");
+    expect(await pinged).toEqual({ pong: true, payload: "after-resume" });
+    // The suspend is over once the write to /sys/power/state has returned, after the resume: from then on a
+    // request is looked at afresh (hybrid refused for its own reason), no longer refused as one in progress (-32000).
+    let after = await refusal(native.suspend({ mode: "hybrid" }));
+    for (const deadline = Date.now() + 30_000; after.code === -32000 && Date.now() < deadline; ) {
+      await Bun.sleep(100);
+      after = await refusal(native.suspend({ mode: "hybrid" }));
+    }
+    expect(after.code).toBe(-32007);
+    const log = await native.exec({ command: "sh", args: ["-c", "dmesg; cat /tmp/audit.jsonl"] }, { timeoutMs: 30_000 });
+    const text = Buffer.from(log.stdout_base64, "base64").toString();
+    expect(text).toMatch(/PM: suspend entry \(deep\)[\s\S]*Waking up from system sleep state S3[\s\S]*PM: suspend exit/);
+    expect(text).toContain('"phase":"scheduled","action":"ram","method":"sysfs","state":"mem"');
+  } finally {
+    native.close();
+    await sleeper.stop();
+  }
+}, 300_000);

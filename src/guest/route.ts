@@ -1,13 +1,14 @@
 /**
- * guest-network-get-route (qemu 9.1+) as qemu-ga builds it: every row of
- * /proc/net/route (the IPv4 main table), then every row of
+ * The guest's routes as qemu-ga's guest-network-get-route (qemu 9.1+) builds
+ * them: every row of /proc/net/route (the IPv4 main table), then every row of
  * /proc/net/ipv6_route (all IPv6 tables, the kernel's null entry included),
- * parsed with qemu-ga's sscanf formats and their integer types.
+ * parsed with qemu-ga's sscanf formats and their integer types. QGA sends
+ * them as they are; the native protocol undoes the C ints (nativeRoute in
+ * guest-service.ts).
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { strerror } from "../guest/errors.ts";
-import { genericError } from "./errors.ts";
+import { failed, strerror } from "./errors.ts";
 
 export interface GuestNetworkRoute {
   iface: string;
@@ -43,7 +44,7 @@ export function guestNetworkRoutes(procNet = "/proc/net"): GuestNetworkRoute[] {
     } catch (error) {
       // qemu-ga notes the failure and goes on to the other file, but then answers only the error
       // (the first one: a second error_setg on the same errp would abort it).
-      failure ??= genericError(`open("${path}"): ${strerror(error)}`);
+      failure ??= failed(`open("${path}"): ${strerror(error)}`);
       continue;
     }
     routes.push(...parse(text));

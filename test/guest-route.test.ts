@@ -5,7 +5,9 @@
  */
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { formatIpv6, guestNetworkRoutes } from "../src/qga/route.ts";
+import { nativeRoute } from "../src/guest/guest-service.ts";
+import { formatIpv6, guestNetworkRoutes, parseIpv4Routes } from "../src/guest/route.ts";
+import { METHODS } from "../src/schema/methods.ts";
 import { qmpStringify } from "../src/qga/json.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
 import { writeFileSync } from "node:fs";
@@ -81,4 +83,34 @@ test("IPv6 text as glibc's inet_ntop writes it", () => {
   expect(v6("000000000000000000000000c0000201")).toBe("::192.0.2.1"); // IPv4-compatible
   expect(v6("0000000000000000000000000000ABCD")).toBe("::abcd");
   expect(v6("fe8000000000000000fc00fffe000001")).toBe("fe80::fc:ff:fe00:1");
+});
+
+test("the native shape undoes qemu-ga's C ints: the kernel's unsigned numbers, prefix lengths as numbers, members in the same order", () => {
+  const routes = guestNetworkRoutes(FIXTURE);
+  const native = routes.map(nativeRoute);
+  expect(METHODS.get_network_routes.result.parse({ routes: native })).toEqual({ routes: native });
+  const at = (destination: string, version: 4 | 6) => native.find((route) => route.destination === destination && route.version === version)!;
+  expect(at("::1", 6)).toEqual({
+    iface: "lo",
+    destination: "::1",
+    metric: 0,
+    flags: 0x80200001, // RTF_LOCAL as the kernel has it, not sign-extended
+    refcnt: 2,
+    use: 0,
+    desprefixlen: 128,
+    source: "::",
+    srcprefixlen: 0,
+    nexthop: "::",
+    version: 6,
+  });
+  // The null entry's metric: ffffffff in the file, -1 for QGA.
+  expect(native.find((route) => route.metric === 0xffff_ffff)).toMatchObject({ iface: "lo", destination: "::", flags: 0x200200 });
+  expect(at("0.0.0.0", 4)).toEqual({ iface: "eth0", destination: "0.0.0.0", metric: 100, gateway: "192.0.2.1", mask: "0.0.0.0", irtt: 0, flags: 3, refcnt: 0, use: 0, window: 0, mtu: 0, version: 4 });
+  native.forEach((route, i) => expect(Object.keys(route)).toEqual(Object.keys(routes[i]!)));
+});
+
+test("an IPv4 metric past 2^31, which the kernel prints as a negative %d, is the unsigned metric natively", () => {
+  const [route] = parseIpv4Routes("Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth0\t00000000\t0102000A\t0003\t0\t0\t-1\t00000000\t0\t0\t0\n");
+  expect(route!.metric).toBe(-1);
+  expect(nativeRoute(route!).metric).toBe(0xffff_ffff);
 });

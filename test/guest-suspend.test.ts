@@ -6,8 +6,9 @@
 import { expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { GuestError } from "../src/guest/errors.ts";
 import { silentLogger } from "../src/log/logger.ts";
-import { guestSuspend, LINUX_SUSPEND, powerStateFile, type SuspendMode, type SuspendSystem } from "../src/qga/suspend.ts";
+import { guestSuspend, LINUX_SUSPEND, powerStateFile, SuspendController, type SuspendMode, type SuspendSystem } from "../src/guest/suspend.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
 import { MemoryAudit } from "./helpers/in-memory.ts";
 
@@ -24,10 +25,10 @@ interface Guest {
   writeFails?: string;
 }
 
-async function suspend(mode: SuspendMode, guest: Guest) {
+/** A guest's tools and /sys/power/state as `guest` describes them, recording what runs and what is written. */
+function fakeSystem(guest: Guest) {
   const ran: string[] = [];
   const written: string[] = [];
-  const audit = new MemoryAudit();
   const system: SuspendSystem = {
     findTool: (name) => (guest.tools.includes(name) ? `/usr/bin/${name}` : null),
     async run(argv) {
@@ -46,11 +47,17 @@ async function suspend(mode: SuspendMode, guest: Guest) {
       },
     },
   };
+  return { system, ran, written };
+}
+
+async function suspend(mode: SuspendMode, guest: Guest) {
+  const { system, ran, written } = fakeSystem(guest);
+  const audit = new MemoryAudit();
   let outcome: unknown;
   try {
     outcome = await guestSuspend(mode, { logger: silentLogger, audit }, system);
   } catch (error) {
-    outcome = { error: (error as Error).message };
+    outcome = { error: (error as GuestError).qemuDesc }; // QGA's words (the native ones are checked below)
   }
   return { outcome, ran, written, events: audit.events };
 }
@@ -156,4 +163,89 @@ test("the real executor reports a tool's exit status, or why it could not start 
   expect(await LINUX_SUSPEND.run(["/bin/sh", "-c", "exit 3"])).toEqual({ status: 3 });
   expect(await LINUX_SUSPEND.run(["/bin/sh", "-c", "kill -TERM $$"])).toEqual({ status: 0 }); // WEXITSTATUS of a signalled child
   expect(await LINUX_SUSPEND.run([join(makeTempDir("kma-none-"), "no-such-tool")])).toHaveProperty("error");
+});
+
+/** The native suspend over a fake guest, with a timer the test fires by hand. */
+function nativeSuspend(guest: Guest) {
+  const fake = fakeSystem(guest);
+  const audit = new MemoryAudit();
+  const timers: { callback: () => void; ms: number }[] = [];
+  const controller = new SuspendController(
+    { logger: silentLogger, audit },
+    { system: fake.system, timers: { set: (callback, ms) => timers.push({ callback, ms }), clear() {} }, graceMs: 250 },
+  );
+  /** Fires the scheduled suspend and waits until it is over. */
+  const fire = async () => {
+    timers.shift()!.callback();
+    await controller.settled;
+  };
+  return { controller, audit, timers, fire, ...fake };
+}
+
+test("native suspend replies first, naming the way it will try: the support checks run before the reply, the suspend only when the timer fires", async () => {
+  const native = nativeSuspend({ tools: ["systemctl"], status: { "systemctl status systemd-suspend": 3 }, state: KERNEL });
+  expect(await native.controller.request("ram")).toEqual({ accepted: true, mode: "ram", method: "systemd", command: ["/usr/bin/systemctl", "suspend"] });
+  expect(native.ran).toEqual(["systemctl status systemd-suspend"]);
+  expect(native.timers.map((t) => t.ms)).toEqual([250]);
+  await native.fire();
+  expect(native.ran).toEqual(["systemctl status systemd-suspend", "systemctl suspend"]);
+  expect(native.audit.events.map((e) => e.phase)).toEqual(["scheduled", "suspend"]);
+  expect(native.audit.events[0]).toEqual({ event: "power", phase: "scheduled", action: "ram", method: "systemd", command: "/usr/bin/systemctl suspend" });
+
+  const pm = nativeSuspend({ tools: ["pm-is-supported", "pm-hibernate"], state: KERNEL });
+  expect(await pm.controller.request("disk")).toEqual({ accepted: true, mode: "disk", method: "pm-utils", command: ["/usr/bin/pm-hibernate"] });
+
+  const kernel = nativeSuspend({ tools: [], state: KERNEL });
+  expect(await kernel.controller.request("ram")).toEqual({ accepted: true, mode: "ram", method: "sysfs", state: "mem" });
+  expect(kernel.written).toEqual([]);
+  await kernel.fire();
+  expect(kernel.written).toEqual(["mem"]);
+});
+
+test("native suspend: after the reply, a failing way falls through to the next as for QGA, and a failed write is logged and audited, not thrown", async () => {
+  const native = nativeSuspend({
+    tools: ["systemctl", "pm-is-supported", "pm-suspend"],
+    status: { "systemctl status systemd-suspend": 3, "systemctl suspend": 1, "pm-suspend": 2 },
+    state: KERNEL,
+    writeFails: "EBUSY",
+  });
+  expect((await native.controller.request("ram")).method).toBe("systemd");
+  await native.fire();
+  expect(native.ran).toEqual(["systemctl status systemd-suspend", "systemctl suspend", "pm-is-supported --suspend", "pm-suspend"]);
+  expect(native.written).toEqual(["mem"]);
+  expect(native.audit.events.filter((e) => e.phase === "failed").map((e) => e.error)).toEqual([
+    "the helper program 'systemctl suspend' returned an unexpected exit status code (1)",
+    "the helper program 'pm-suspend' returned an unexpected exit status code (2)",
+    "suspend: cannot write to '/sys/power/state': Device or resource busy",
+  ]);
+});
+
+test("native suspend of a mode the guest cannot do is refused as unsupported, naming the mode and what was looked for, and nothing is scheduled", async () => {
+  const cases: [SuspendMode, Guest, string][] = [
+    ["hybrid", { tools: [], state: KERNEL }, "the kernel has no hybrid state"],
+    ["disk", { tools: ["systemctl"], status: { "systemctl status systemd-hibernate": 4 }, state: "freeze mem\n" }, "/sys/power/state does not offer 'disk'"],
+  ];
+  for (const [mode, guest, kernel] of cases) {
+    const native = nativeSuspend(guest);
+    const error = await native.controller.request(mode).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(GuestError);
+    expect(error).toMatchObject({ reason: "unsupported", qemuDesc: UNSUPPORTED.error });
+    expect((error as GuestError).message).toStartWith(`the guest cannot suspend to ${mode}: neither systemd`);
+    expect((error as GuestError).message).toEndWith(kernel);
+    expect(native.timers).toEqual([]);
+    expect(native.written).toEqual([]);
+    expect(native.audit.events).toEqual([]);
+    // Refused is not busy: the next request is looked at afresh.
+    expect(await native.controller.request(mode).catch((caught: GuestError) => caught.reason)).toBe("unsupported");
+  }
+});
+
+test("one native suspend at a time: a second request is refused until the first is over (the guest has resumed)", async () => {
+  const native = nativeSuspend({ tools: [], state: KERNEL });
+  await native.controller.request("ram");
+  const second = await native.controller.request("disk").catch((caught: GuestError) => caught);
+  expect(second).toMatchObject({ reason: "failed", message: "a suspend to ram is already in progress" });
+  expect(native.timers).toHaveLength(1);
+  await native.fire();
+  expect(await native.controller.request("disk")).toMatchObject({ method: "sysfs", state: "disk" });
 });
