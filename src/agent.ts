@@ -45,7 +45,16 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
   let stopping: Promise<void> | null = null;
   const stop = (reason: string) =>
     (stopping ??= (async () => {
-      logger.info("stopping", { reason });
+      const { calls } = services;
+      const graceSeconds = config.limits.stop_grace_seconds;
+      logger.info("stopping", { reason, calls_running: calls.active });
+      // Calls already running finish and answer (new ones are refused), up to the grace period.
+      calls.stopping = true;
+      if (!(await calls.drained(graceSeconds * 1000))) {
+        logger.warn("stopping with calls still running: the grace period is over", { calls_running: calls.active, grace_seconds: graceSeconds });
+      }
+      // The last call ended in the dispatcher; its session writes the reply in a later microtask: let it.
+      await new Promise((resolve) => setImmediate(resolve));
       await transport?.close();
       await qgaTransport?.close();
       services.exec.killAll();
@@ -79,6 +88,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
       credentialsEnabled: config.security.enable_credentials,
       power: services.power,
       fsfreeze,
+      calls: services.calls,
       blockRpcs: config.qga.block_rpcs,
       allowRpcs: config.qga.allow_rpcs,
     });

@@ -1,6 +1,7 @@
 import type { AgentConfig } from "./config/schema.ts";
 import { ExecManager } from "./exec/exec-service.ts";
 import { FsFreeze } from "./fsfreeze/fsfreeze.ts";
+import { CallTracker } from "./runtime/calls.ts";
 import { linuxFreezeOps } from "./fsfreeze/linux.ts";
 import { FileManager } from "./files/file-service.ts";
 import { LinuxGuest } from "./guest/guest-service.ts";
@@ -18,6 +19,7 @@ export function createServices(config: AgentConfig, logger: Logger, audit: Audit
     metrics: new ProcMetrics(),
     users: new UtmpUsers(),
     power: new PowerController(logger, audit),
+    calls: new CallTracker(),
     fsfreeze: new FsFreeze(config.qga.state_dir, config.fsfreeze.hook || undefined, linuxFreezeOps, logger),
     guest: new LinuxGuest({ logger, audit }),
   };

@@ -4,6 +4,7 @@
  * that maps method names to these calls.
  */
 import type { FsFreeze } from "./fsfreeze/fsfreeze.ts";
+import type { CallTracker } from "./runtime/calls.ts";
 import type { NotificationName, NotificationParams, Params, Result } from "./schema/methods.ts";
 
 type Answer<T> = T | Promise<T>;
@@ -84,4 +85,6 @@ export interface Services {
   guest: GuestService;
   /** Shared by both protocols: a freeze asked for on one port gates the other. */
   fsfreeze: FsFreeze;
+  /** The calls running on both protocols, for a graceful stop. */
+  calls: CallTracker;
 }

@@ -239,6 +239,7 @@ describe("frozen state in the dispatchers", () => {
       credentialsEnabled: true,
       power: services.power,
       fsfreeze: services.fsfreeze,
+      calls: services.calls,
       blockRpcs: ["guest-get-time", "guest-sync"],
       allowRpcs: [],
     });

@@ -26,6 +26,7 @@ function dispatcher(platform: NodeJS.Platform, switches: { systemChangesEnabled?
     credentialsEnabled: true,
     power: services.power,
     fsfreeze: services.fsfreeze,
+    calls: services.calls,
     blockRpcs: [],
     allowRpcs: [],
     platform,

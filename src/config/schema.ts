@@ -101,6 +101,7 @@ export const configSchema = z.strictObject({
       upload_max_open: z.number().int().min(1).max(1024).default(16),
       upload_idle_timeout_seconds: z.number().int().min(1).default(300),
       qga_max_open_files: z.number().int().min(1).max(65_536).default(128),
+      stop_grace_seconds: z.number().int().min(0).max(3_600).default(10).describe("On SIGTERM, how long calls already running may take to finish before the agent stops anyway"),
     })
     .prefault({}),
   logging: z

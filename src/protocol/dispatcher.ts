@@ -112,7 +112,9 @@ export class Dispatcher implements RequestHandler {
 
     const started = performance.now();
     const method = request.method;
+    const { calls } = this.deps.services;
     const finish = (response: Response): Response | null => {
+      calls.end();
       this.deps.audit.record({
         method,
         id: isNotification ? undefined : id,
@@ -125,7 +127,9 @@ export class Dispatcher implements RequestHandler {
     };
     const fail = (error: unknown): Response | null => finish(this.toErrorResponse(id, method, error));
 
+    calls.begin();
     try {
+      if (calls.stopping) throw new RpcError("STOPPING", "The agent is stopping: no new calls are taken", { method });
       this.deps.authenticator?.verify(request);
       const result = this.invoke(method, params, context);
       if (result instanceof Promise) {

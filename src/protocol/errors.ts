@@ -25,6 +25,7 @@ export const APPLICATION_ERRORS = {
     code: -32008,
     meaning: "The agent requires signed requests ([security] hmac_key_file) and this one is unsigned, wrongly signed, outside the time window or replayed; data.reason says which.",
   },
+  STOPPING: { code: -32009, meaning: "The agent is stopping (SIGTERM): calls already running finish, new ones are refused; retry once it is back." },
 } as const;
 
 export type ErrorName = keyof typeof JSONRPC_ERRORS | keyof typeof APPLICATION_ERRORS;

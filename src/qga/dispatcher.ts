@@ -34,6 +34,7 @@ import {
   guestVcpus,
 } from "../guest/inventory.ts";
 import type { FsFreeze } from "../fsfreeze/fsfreeze.ts";
+import type { CallTracker } from "../runtime/calls.ts";
 import type { Logger } from "../log/logger.ts";
 import { AGENT_VERSION } from "../version.ts";
 import { genericError, QgaError } from "./errors.ts";
@@ -70,6 +71,8 @@ export interface QgaDispatcherDeps {
   power: PowerService;
   /** Shared with the native protocol: while frozen, only FROZEN_SAFE commands run. */
   fsfreeze: FsFreeze;
+  /** Shared with the native protocol: a stopping agent finishes these and takes no more. */
+  calls: CallTracker;
   /** [qga] block_rpcs / allow_rpcs. */
   blockRpcs: readonly string[];
   allowRpcs: readonly string[];
@@ -127,6 +130,8 @@ export class QgaDispatcher {
     const started = performance.now();
     let command = "";
     let id: unknown;
+    const { calls } = this.deps;
+    calls.begin();
     try {
       if (typeof message !== "object" || message === null || Array.isArray(message)) throw genericError("QMP input must be a JSON object");
       const request = message as Record<string, unknown>;
@@ -144,6 +149,7 @@ export class QgaDispatcher {
       if (this.frozenOut(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled: the agent is in frozen state`);
       if (!this.isConfigured(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
       if ((this.deps.platform ?? process.platform) === "win32" && !PORTABLE.has(command)) throw genericError(UNSUPPORTED);
+      if (calls.stopping) throw genericError("the agent is stopping: no new commands are taken");
       const result = await this.run(command, args);
       this.audit(command, id, transport, started);
       if (!QGA_COMMANDS[command].successResponse) return null;
@@ -159,6 +165,8 @@ export class QgaDispatcher {
               : this.internal(command, error);
       this.audit(command, id, transport, started, qgaError);
       return { line: errorLine(qgaError, id), delimited: false };
+    } finally {
+      calls.end();
     }
   }
 
