@@ -2,7 +2,8 @@
 import type { AgentConfig } from "./config/schema.ts";
 import { createServices } from "./create-services.ts";
 import type { FsFreeze, Holdable } from "./fsfreeze/fsfreeze.ts";
-import { noAudit, openAuditFile } from "./log/audit.ts";
+import { openAuditFile, teeAudit } from "./log/audit.ts";
+import { openSyslogAudit } from "./log/syslog.ts";
 import type { Logger } from "./log/logger.ts";
 import { Dispatcher } from "./protocol/dispatcher.ts";
 import { RpcSession } from "./protocol/session.ts";
@@ -29,13 +30,12 @@ export interface RunningAgent {
 export async function startAgent(config: AgentConfig, logger: Logger, logLines?: Holdable): Promise<RunningAgent> {
   const { hmac_key_file: keyFile, hmac_window_seconds: windowSeconds } = config.security;
   const authenticator = keyFile ? new RequestAuthenticator(loadHmacKey(keyFile), windowSeconds * 1000) : undefined;
-  const auditFile = config.logging.audit_file;
-  const auditLog = auditFile ? openAuditFile(auditFile) : null;
-  const audit = auditLog ?? noAudit;
+  const { audit_file: auditFile, audit_syslog: auditSyslog, syslog_socket: syslogSocket } = config.logging;
+  const audit = teeAudit([...(auditFile ? [openAuditFile(auditFile)] : []), ...(auditSyslog ? [openSyslogAudit(syslogSocket)] : [])]);
   const services = createServices(config, logger, audit);
   const { fsfreeze } = services;
   if (logLines) fsfreeze.addHoldable(logLines);
-  if (auditLog) fsfreeze.addHoldable(auditLog);
+  fsfreeze.addHoldable(audit);
   if (fsfreeze.status === "frozen") {
     logger.warn("a previous instance exited with filesystems frozen: writes are held and only frozen-safe calls served until a thaw", {
       state_file: fsfreeze.stateFilePath,
@@ -105,7 +105,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
     version: AGENT_VERSION,
     transport: transport?.name ?? "off",
     qga: qgaTransport ? `${config.qga.type} ${config.qga.type === "vsock-listen" ? config.qga.vsock_port : config.qga.path}` : "off",
-    audit: auditFile || "off",
+    audit: [auditFile, auditSyslog ? `syslog ${syslogSocket}` : ""].filter(Boolean).join(", ") || "off",
   });
   return { stop, fsfreeze };
 }

@@ -458,6 +458,8 @@ describe("uploads", () => {
     for (let i = 0; i < 200 && files.openUploads > 0; i++) await Bun.sleep(50);
     expect(files.openUploads).toBe(0);
     expect(readFileSync(join(root, "f"), "utf8")).toBe("old");
+    // The upload is forgotten first; its temp file and staging dir go right after, asynchronously.
+    for (let i = 0; i < 100 && leftovers().length > 0; i++) await Bun.sleep(20);
     expect(leftovers()).toEqual([]);
     await rejects(files.uploadChunk(p("upload_chunk", { upload_id, offset: 7, content_base64: b64("x") })), "NOT_FOUND");
     await rejects(files.uploadCommit(p("upload_commit", { upload_id: archive.upload_id, sha256: sha("") })), "NOT_FOUND");

@@ -109,6 +109,8 @@ export const configSchema = z.strictObject({
       level: z.enum(["debug", "info", "warn", "error"]).default("info"),
       format: z.enum(["json", "text"]).default("json"),
       audit_file: z.string().default(DEFAULT_AUDIT_FILE).describe("JSON-lines audit log; empty string turns the file off"),
+      audit_syslog: z.boolean().default(false).describe("Also send each audit record to the system log (RFC 5424, facility authpriv)"),
+      syslog_socket: absolutePath.default("/dev/log").describe("The system log's unix datagram socket"),
     })
     .prefault({}),
 });

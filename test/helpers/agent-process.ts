@@ -142,6 +142,8 @@ export interface ConfigOptions {
   maxFrameBytes?: number;
   /** Extra TOML appended verbatim, right after the `[limits]` section's keys (so bare keys land in [limits]). */
   extraToml?: string;
+  /** More keys of the `[logging]` section. */
+  loggingToml?: string;
 }
 
 /**
@@ -149,7 +151,7 @@ export interface ConfigOptions {
  * logging; returns its path. The QGA port is off unless extraToml sets [qga]:
  * the host has no org.qemu.guest_agent.0 to serve.
  */
-export function writeConfig(dir: string, { maxFrameBytes = 65_536, extraToml = "" }: ConfigOptions = {}): string {
+export function writeConfig(dir: string, { maxFrameBytes = 65_536, extraToml = "", loggingToml = "" }: ConfigOptions = {}): string {
   const path = join(dir, "config.toml");
   writeFileSync(
     path,
@@ -159,6 +161,7 @@ export function writeConfig(dir: string, { maxFrameBytes = 65_536, extraToml = "
       "[logging]",
       'level = "debug"',
       `audit_file = ${JSON.stringify(join(dir, "audit.jsonl"))}`,
+      loggingToml,
       "",
       "[limits]",
       `max_frame_bytes = ${maxFrameBytes}`,
