@@ -424,6 +424,18 @@ describe("uploads", () => {
     expect(files.openUploads).toBe(2);
   });
 
+  test("all open uploads together stay under upload_staging_max_bytes: a chunk past it is refused and can be sent again later", async () => {
+    const files = manager({ upload_staging_max_bytes: 10 });
+    const a = await files.uploadStart(p("upload_start", { path: join(root, "a") }));
+    const b = await files.uploadStart(p("upload_start", { path: join(root, "b") }));
+    await files.uploadChunk(p("upload_chunk", { upload_id: a.upload_id, offset: 0, content_base64: b64("123456") }));
+    const error = await rejects(files.uploadChunk(p("upload_chunk", { upload_id: b.upload_id, offset: 0, content_base64: b64("abcdef") })), "TOO_LARGE");
+    expect(error.data).toEqual({ limit: 10, staged: 6 });
+    expect(error.message).toContain("It was not written; the upload goes on");
+    await files.uploadAbort(p("upload_abort", { upload_id: a.upload_id }));
+    expect(await files.uploadChunk(p("upload_chunk", { upload_id: b.upload_id, offset: 0, content_base64: b64("abcdef") }))).toEqual({ upload_id: b.upload_id, received_bytes: 6 });
+  });
+
   test("abort midway leaves the old file and no temp file", async () => {
     const files = manager();
     writeFileSync(join(root, "f"), "old");

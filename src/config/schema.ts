@@ -99,6 +99,7 @@ export const configSchema = z.strictObject({
       copy_chunk_bytes: z.number().int().min(4096).default(8 * 1024 * 1024),
       upload_max_bytes: z.number().int().min(1).default(4 * 1024 * 1024 * 1024),
       upload_max_open: z.number().int().min(1).max(1024).default(16),
+      upload_staging_max_bytes: z.number().int().min(1).default(8 * 1024 * 1024 * 1024).describe("Bytes all open uploads may hold together in temp files"),
       upload_idle_timeout_seconds: z.number().int().min(1).default(300),
       qga_max_open_files: z.number().int().min(1).max(65_536).default(128),
       stop_grace_seconds: z.number().int().min(0).max(3_600).default(10).describe("On SIGTERM, how long calls already running may take to finish before the agent stops anyway"),

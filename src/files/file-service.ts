@@ -228,6 +228,16 @@ export class FileManager implements FileService {
         await this.drop(upload, "too large");
         throw this.uploadTooLarge(" (the upload was dropped)");
       }
+      // All open uploads together may not fill the guest's disk: this chunk waits for others to finish.
+      const staging = this.config.limits.upload_staging_max_bytes;
+      const staged = [...this.uploads.values()].reduce((sum, open) => sum + open.received, 0);
+      if (staged + bytes.length > staging) {
+        throw new RpcError(
+          "TOO_LARGE",
+          `Open uploads hold ${staged} bytes; this chunk would pass upload_staging_max_bytes (${staging}). It was not written; the upload goes on: send it again once other uploads are committed or aborted`,
+          { limit: staging, staged },
+        );
+      }
       try {
         await writeAll(upload.temp.handle, bytes, upload.received);
       } catch (error) {
