@@ -201,6 +201,30 @@ describe("concurrency", () => {
     expect(connection.pauses).toBe(1);
   });
 
+  test("past max_in_flight_bytes the session pauses too; one call runs whatever its size, and order is kept", async () => {
+    const { handler, pending } = controlledHandler();
+    const connection = new FakeConnection();
+    const session = new RpcSession(connection, handler, { ...defaultConfig().limits, max_in_flight_bytes: 1024 });
+    const big = (id: number) => encodeFrame(JSON.stringify({ ...ping(id), params: { payload: "x".repeat(600) } }));
+    session.onData(Buffer.concat([big(1), big(2), encodeFrame(JSON.stringify(ping(3)))]));
+    // 1 runs; 2 would pass 1024 bytes with 1; 3 is small but waits behind 2 (first come, first run).
+    expect(pending).toHaveLength(1);
+    expect(connection.paused).toBe(true);
+    pending[0]!.finish();
+    await Bun.sleep(0);
+    expect(pending).toHaveLength(3);
+    expect(connection.paused).toBe(false);
+    const huge = encodeFrame(JSON.stringify({ ...ping(4), params: { payload: "y".repeat(5000) } }));
+    pending[1]!.finish();
+    pending[2]!.finish();
+    await Bun.sleep(0);
+    session.onData(huge);
+    expect(pending).toHaveLength(4);
+    pending[3]!.finish();
+    await Bun.sleep(0);
+    expect(connection.replies.map((r) => (r as Response).id)).toEqual([1, 2, 3, 4]);
+  });
+
   test("at the end of input (stdio) the session answers every call in flight before it reports idle", async () => {
     const { handler, pending } = controlledHandler();
     const connection = new FakeConnection();

@@ -90,6 +90,12 @@ export const configSchema = z.strictObject({
     .strictObject({
       max_frame_bytes: z.number().int().min(1024).max(MAX_FRAME_BYTES_LIMIT).default(DEFAULT_MAX_FRAME_BYTES).describe("Up to 1 GiB: a header never starts with 0xFF, which keeps the resync marker unambiguous"),
       max_in_flight: z.number().int().min(1).max(4096).default(64),
+      max_in_flight_bytes: z
+        .number()
+        .int()
+        .min(1024)
+        .default(128 * 1024 * 1024)
+        .describe("Frame bytes of one connection's running calls; past it the agent stops reading until calls finish (one call always runs)"),
       max_batch_requests: z.number().int().min(1).max(100_000).default(1024),
       exec_timeout_ms: z.number().int().min(1).max(86_400_000).default(30_000),
       exec_max_output_bytes: z.number().int().min(0).default(16 * 1024 * 1024),

@@ -23,7 +23,9 @@ export interface RequestHandler {
 export class RpcSession implements ConnectionHandler, FrameSink {
   private readonly decoder: FrameDecoder;
   private inFlight = 0;
-  private readonly waiting: (() => void)[] = [];
+  /** Frame bytes of the calls running: with max_in_flight_bytes, what a connection may make the agent hold. */
+  private inFlightBytes = 0;
+  private readonly waiting: { run: () => void; bytes: number }[] = [];
   private pumping = false;
   private paused = false;
   private closed = false;
@@ -108,13 +110,13 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     } catch (error) {
       return this.send(errorResponse(null, errorCode("PARSE_ERROR"), `Parse error: ${(error as Error).message}`));
     }
-    if (Array.isArray(message)) return this.handleBatch(message);
-    this.schedule(message, (response) => {
+    if (Array.isArray(message)) return this.handleBatch(message, payload.length);
+    this.schedule(message, payload.length, (response) => {
       if (response) this.send(response);
     });
   }
 
-  private handleBatch(items: unknown[]): void {
+  private handleBatch(items: unknown[], bytes: number): void {
     if (items.length === 0) return this.send(errorResponse(null, errorCode("INVALID_REQUEST"), "Invalid Request: empty batch"));
     const limit = this.limits.max_batch_requests;
     if (items.length > limit) {
@@ -128,7 +130,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     const responses: Response[] = [];
     let remaining = items.length;
     for (const item of items) {
-      this.schedule(item, (response) => {
+      this.schedule(item, Math.ceil(bytes / items.length), (response) => {
         if (response) responses.push(response);
         // A batch of notifications only gets no reply at all.
         if (--remaining === 0 && responses.length > 0) this.send(responses);
@@ -136,25 +138,33 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     }
   }
 
-  private schedule(message: unknown, done: (response: Response | null) => void): void {
+  private schedule(message: unknown, bytes: number, done: (response: Response | null) => void): void {
     const generation = this.generation;
     const reply = (response: Response | null) => done(generation === this.generation ? response : null);
     const run = () => {
       this.inFlight++;
+      this.inFlightBytes += bytes;
       const out = this.dispatcher.handle(message, this.context);
-      if (out instanceof Promise) void out.then((response) => this.finish(response, reply));
-      else this.finish(out, reply);
+      if (out instanceof Promise) void out.then((response) => this.finish(response, bytes, reply));
+      else this.finish(out, bytes, reply);
     };
-    if (this.inFlight < this.limits.max_in_flight) return run();
-    this.waiting.push(run);
+    if (this.waiting.length === 0 && this.hasRoom(bytes)) return run();
+    this.waiting.push({ run, bytes });
     if (!this.paused) {
       this.paused = true;
       this.connection.pause();
     }
   }
 
-  private finish(response: Response | null, done: (response: Response | null) => void): void {
+  /** Room for one more call of `bytes`: under both limits, or nothing running at all (one call always runs). */
+  private hasRoom(bytes: number): boolean {
+    if (this.inFlight === 0) return true;
+    return this.inFlight < this.limits.max_in_flight && this.inFlightBytes + bytes <= this.limits.max_in_flight_bytes;
+  }
+
+  private finish(response: Response | null, bytes: number, done: (response: Response | null) => void): void {
     this.inFlight--;
+    this.inFlightBytes -= bytes;
     done(response);
     this.pump();
   }
@@ -162,7 +172,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private pump(): void {
     if (this.pumping) return;
     this.pumping = true;
-    while (this.inFlight < this.limits.max_in_flight && this.waiting.length > 0) this.waiting.shift()!();
+    while (this.waiting.length > 0 && this.hasRoom(this.waiting[0]!.bytes)) this.waiting.shift()!.run();
     this.pumping = false;
     if (this.waiting.length > 0) return;
     if (this.paused && !this.closed) {
