@@ -4,13 +4,16 @@
  * (binary and packaged config, unpacked at /) passes --self-test with both ports
  * present; the tarball's install.sh takes its init-script path and starts the
  * agent, which answers on both ports from the host with the packaged defaults;
- * then --self-test sees both ports held by the running agent.
+ * then --self-test sees both ports held by the running agent, and a killed agent
+ * is started again by the init script (as Restart=always does under systemd),
+ * whose stop ends supervisor and agent. Beside Debian's qemu-ga holding
+ * org.qemu.guest_agent.0, --self-test names it.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import { buildPackages } from "../../scripts/package.ts";
-import { imageWith, TestVm } from "../../scripts/vm/vm.ts";
+import { guestImage, imageWith, TestVm } from "../../scripts/vm/vm.ts";
 import { AgentClient } from "../../src/client/client.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
 import { ensureBinary, makeTempDir } from "../helpers/agent-process.ts";
@@ -30,6 +33,22 @@ until [ "$(cat /var/log/kvm-manager-agent/agent.log 2>/dev/null | grep -c 'port 
 echo SELFTEST-AFTER-BEGIN
 /usr/bin/kvm-manager-agent --self-test
 echo "SELFTEST-AFTER-END rc=$?"
+# When the host asks (a file copied in), kill the agent: the init script's supervisor must start it again.
+until [ -e /tmp/kill-agent ]; do sleep 0.2; done
+# The agent is the supervisor's child (pidof would name the init script's shell too; no pgrep here).
+supervisor=$(cat /run/kvm-manager-agent.pid)
+agent() { cat /proc/[0-9]*/stat 2>/dev/null | awk -v parent="$supervisor" '$4 == parent && $2 != "(sleep)" { print $1 }'; }
+killed=$(agent)
+kill -9 $killed
+until [ "$(grep -c 'agent started' /var/log/kvm-manager-agent/agent.log)" -ge 2 ]; do sleep 0.2; done
+respawned=$(agent)
+echo "RESPAWNED killed=$killed now=$respawned"
+# When the host asks again: stop takes the supervisor and the agent down.
+until [ -e /tmp/stop-agent ]; do sleep 0.2; done
+/etc/init.d/kvm-manager-agent stop
+while kill -0 $respawned 2>/dev/null; do sleep 0.2; done
+/etc/init.d/kvm-manager-agent status
+echo "STOPPED status-rc=$?"
 exec sleep 2147483647
 `;
 
@@ -135,3 +154,39 @@ test("--self-test while the agent runs: both ports held by it, still ok", async 
   expect(report).toMatch(/ok {4}QGA port {5}\/dev\/virtio-ports\/org\.qemu\.guest_agent\.0 present, served by the running agent \(pid \d+\)/);
   expect(vm.console()).toContain("SELFTEST-AFTER-END rc=0");
 }, 120_000);
+
+test("a killed agent is started again by the init script's supervisor and answers again; stop ends both", async () => {
+  const client = await AgentClient.connect(vm.agentSocket, { timeoutMs: 15_000 });
+  await client.waitReady({ timeoutMs: 30_000 });
+  await client.copyToGuest({ path: "/tmp/kill-agent", content_base64: "" });
+  client.close();
+  await vm.waitForConsole(/RESPAWNED killed=\d+ now=\d+/, 60_000);
+  const [, killed, now] = /RESPAWNED killed=(\d+) now=(\d+)/.exec(vm.console())!;
+  expect(now).not.toBe(killed);
+  const again = await AgentClient.connect(vm.agentSocket, { timeoutMs: 15_000 });
+  await again.waitReady({ timeoutMs: 60_000 });
+  expect((await again.ping()).pong).toBe(true);
+  await again.copyToGuest({ path: "/tmp/stop-agent", content_base64: "" });
+  again.close();
+  // The guest waits until the stopped agent's process is gone, then asks the init script.
+  await vm.waitForConsole(/STOPPED status-rc=\d+/, 60_000);
+  expect(vm.console()).toMatch(/kvm-manager-agent stopped\r?\nkvm-manager-agent is not running\r?\nSTOPPED status-rc=3/);
+}, 120_000);
+
+test("beside qemu-ga holding org.qemu.guest_agent.0, --self-test names it and fails", async () => {
+  // The harness's usual guest: Debian's qemu-ga on the QGA port, our agent (exec on) on the native port.
+  const withQemuGa = await TestVm.boot({ image: await guestImage(await ensureBinary()) });
+  try {
+    const client = await AgentClient.connect(withQemuGa.agentSocket, { timeoutMs: 15_000 });
+    await client.waitReady({ timeoutMs: 90_000 });
+    const run = await client.exec({ command: "kvm-manager-agent", args: ["--self-test", "--config", "/etc/kvm-manager-agent/config-our-qga.toml"] });
+    const report = Buffer.from(run.stdout_base64, "base64").toString();
+    expect(report).toMatch(/ok {4}native port {2}\/dev\/virtio-ports\/org\.kvmmanager\.agent\.0 present, served by the running agent \(pid \d+\)\n/);
+    expect(report).toMatch(/FAIL {2}QGA port {5}\/dev\/virtio-ports\/org\.qemu\.guest_agent\.0 is held by pid \d+ \(qemu-ga\): a port has one user at a time/);
+    expect(report).toEndWith("result: 1 problem (FAIL above)\n");
+    expect(run.exit_code).toBe(1);
+    client.close();
+  } finally {
+    await withQemuGa.stop();
+  }
+}, 180_000);
