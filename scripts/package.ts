@@ -101,6 +101,9 @@ function glibcFloor(binary: string): string {
   return `${major}.${minor}`;
 }
 
+/** Maintainer (deb) and Packager (rpm). The project has no mailing address yet: a placeholder to replace. */
+const MAINTAINER = "kvm-manager-agent developers <kvm-manager-agent@users.noreply.github.com>";
+
 const DESCRIPTION = `Guest agent for KVM/QEMU virtual machines
  kvm-manager-agent runs inside a KVM/QEMU guest and lets the host manage it
  without a network: JSON-RPC 2.0 on the virtio-serial port
@@ -264,8 +267,6 @@ export function lintPackages(packages: Packages): string {
   if (rpmlint.exitCode !== 0 || !/ 0 errors, 0 warnings/.test(rpmlintOut)) throw new Error(`rpmlint ${basename(packages.rpm)}:\n${rpmlintOut}`);
   return `${lintianOut}${rpmlintOut}`;
 }
-
-const MAINTAINER = "kvm-manager-agent developers <kvm-manager-agent@users.noreply.github.com>";
 
 export function buildPackages(opts: PackageOptions): Record<string, Packages> {
   mkdirSync(opts.out, { recursive: true });
