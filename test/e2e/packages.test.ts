@@ -188,6 +188,9 @@ describe.skipIf(missing.length > 0)(`packages${missing.length > 0 ? ` (skipped: 
         expect(uninstall("--purge")).toBe("");
         expect(ok(`find "$1" -type f`, root)).toBe("");
         expect(sh(`"$1/uninstall.sh" --bogus`, unpacked)).toEqual({ code: 2, out: expect.stringContaining("unknown option '--bogus'") });
+      expect(sh(`"$1/install.sh" --prefix opt/kma --root "$2"`, unpacked, root)).toEqual({ code: 2, out: "install.sh: --prefix must be an absolute path (got 'opt/kma')\n" });
+      expect(sh(`"$1/install.sh" --init upstart --root "$2"`, unpacked, root)).toEqual({ code: 2, out: "install.sh: --init must be auto, systemd or sysv (got 'upstart')\n" });
+      expect(ok(`find "$1" -type f`, root)).toBe(""); // refused before writing anything
       });
     }
   });
