@@ -11,6 +11,7 @@ import { startAgent, type RunningAgent } from "./agent.ts";
 import { applyArgs, parseAgentArgs, UsageError, type AgentArgs } from "./cli/agent-args.ts";
 import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.ts";
 import { dumpQemuGaConf, invokedAsQemuGa, parseQemuGaArgs, QEMU_GA_USAGE, qemuGaConfig } from "./cli/qemu-ga.ts";
+import { runSelfTest } from "./cli/self-test.ts";
 import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
@@ -29,6 +30,8 @@ const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agen
       --log-level LEVEL  debug | info | warn | error
       --check-config     validate the config and exit
       --print-config     print the effective config as TOML and exit
+      --self-test        check config, ports, permissions and platform; print a report
+                         (exit status 1 when something is wrong)
   -h, --help             this text
   -V, --version          agent and protocol version
 `;
@@ -59,6 +62,11 @@ async function main(argv: string[]): Promise<number> {
 
 async function runAgent(args: AgentArgs): Promise<number> {
   const configPath = args.configPath ?? DEFAULT_CONFIG_PATH;
+  if (args.selfTest) {
+    const report = await runSelfTest(args, configPath);
+    process.stdout.write(report.text);
+    return report.failures === 0 ? 0 : 1;
+  }
   const config = applyArgs(await loadConfig(configPath, { required: args.configPath !== undefined }), args);
   if (args.checkConfig) {
     if (config.security.hmac_key_file) loadHmacKey(config.security.hmac_key_file);

@@ -70,37 +70,52 @@ export function newestKernel(): string {
  * its inputs so that every VM of a test run shares one build.
  */
 export async function guestImage(agentBinary: string): Promise<string> {
-  mkdirSync(CACHE, { recursive: true });
-  const script = join(import.meta.dir, "build-initramfs.sh");
   // Debian's qemu-ga (the benchmark baseline) and chpasswd (set_user_password), copied with their libraries;
   // chpasswd hashes a plain password through PAM, so its config and the modules that config names come too.
   // (libpam looks for modules in /lib/x86_64-linux-gnu/security, which is not /usr/lib in the guest: no merged /usr.)
   const pam = ["/etc/pam.d/chpasswd", "/etc/pam.d/common-password", ...["pam_unix.so", "pam_deny.so", "pam_permit.so"].map((m) => `/lib/x86_64-linux-gnu/security/${m}`)];
   const hostTools = ["/usr/sbin/qemu-ga", "/usr/sbin/chpasswd", ...pam].filter((tool) => existsSync(tool));
-  const hash = createHash("sha256");
-  for (const file of [agentBinary, script, ...hostTools]) {
-    const st = statSync(file);
-    hash.update(`${file}:${st.size}:${st.mtimeMs}\n`);
-  }
-  hash.update(GUEST_CONFIG + GUEST_CONFIG_OUR_QGA + GUEST_RUN);
-  const out = join(CACHE, `guest-${hash.digest("hex").slice(0, 16)}.cpio`);
-  if (existsSync(out)) return out;
   const staging = mkdtempSync(join(tmpdir(), "kma-guest-"));
   try {
     writeFileSync(join(staging, "config.toml"), GUEST_CONFIG);
     writeFileSync(join(staging, "config-our-qga.toml"), GUEST_CONFIG_OUR_QGA);
-    writeFileSync(join(staging, "run"), GUEST_RUN, { mode: 0o755 });
     const files = [
       `${agentBinary}:/usr/bin/kvm-manager-agent`,
       `${join(staging, "config.toml")}:/etc/kvm-manager-agent/config.toml`,
       `${join(staging, "config-our-qga.toml")}:/etc/kvm-manager-agent/config-our-qga.toml`,
-      `${join(staging, "run")}:/agent/run`,
     ];
     for (const tool of hostTools) files.push(`${tool}:${tool}`);
-    const build = Bun.spawnSync(["bash", script, `${out}.tmp`, ...files], { stdout: "pipe", stderr: "pipe" });
+    return await imageWith("guest", files, GUEST_RUN);
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * An initramfs with these files (SRC:DEST, as build-initramfs.sh takes them) and `run` as
+ * /agent/run, cached under .vm/<kind>-<hash>.cpio; older images of the same kind are
+ * removed (each is ~110 MB).
+ */
+export async function imageWith(kind: string, files: string[], run: string): Promise<string> {
+  mkdirSync(CACHE, { recursive: true });
+  const script = join(import.meta.dir, "build-initramfs.sh");
+  const hash = createHash("sha256");
+  // Small files by content (callers stage them afresh in temp dirs), big ones by path, size and time.
+  for (const spec of [`${script}:`, ...files]) {
+    const [file, dest] = [spec.slice(0, spec.indexOf(":")), spec.slice(spec.indexOf(":") + 1)];
+    const st = statSync(file);
+    if (st.size < 1_000_000) hash.update(`${dest}:`).update(readFileSync(file));
+    else hash.update(`${spec}:${st.size}:${st.mtimeMs}\n`);
+  }
+  hash.update(run);
+  const out = join(CACHE, `${kind}-${hash.digest("hex").slice(0, 16)}.cpio`);
+  if (existsSync(out)) return out;
+  const staging = mkdtempSync(join(tmpdir(), "kma-image-"));
+  try {
+    writeFileSync(join(staging, "run"), run, { mode: 0o755 });
+    const build = Bun.spawnSync(["bash", script, `${out}.tmp`, ...files, `${join(staging, "run")}:/agent/run`], { stdout: "pipe", stderr: "pipe" });
     if (build.exitCode !== 0) throw new Error(`build-initramfs.sh failed:\n${build.stderr}`);
-    // Keep only the newest image: each is ~110 MB.
-    for (const old of readdirSync(CACHE)) if (old.startsWith("guest-") && old.endsWith(".cpio")) rmSync(join(CACHE, old));
+    for (const old of readdirSync(CACHE)) if (old.startsWith(`${kind}-`) && old.endsWith(".cpio")) rmSync(join(CACHE, old));
     Bun.spawnSync(["mv", `${out}.tmp`, out]);
     return out;
   } finally {

@@ -14,6 +14,7 @@ export interface AgentArgs {
   logLevel: AgentConfig["logging"]["level"] | undefined;
   checkConfig: boolean;
   printConfig: boolean;
+  selfTest: boolean;
   help: boolean;
   version: boolean;
 }
@@ -35,6 +36,7 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
         "log-level": { type: "string" },
         "check-config": { type: "boolean" },
         "print-config": { type: "boolean" },
+        "self-test": { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -66,6 +68,7 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     logLevel: logLevel as AgentArgs["logLevel"],
     checkConfig: values["check-config"] ?? false,
     printConfig: values["print-config"] ?? false,
+    selfTest: values["self-test"] ?? false,
     help: values.help ?? false,
     version: values.version ?? false,
   };
