@@ -69,6 +69,16 @@ describe("native protocol on the guest's /dev/ttyS1", () => {
     const info = await client.call("get_info");
     expect(info.agent_version).toBe(AGENT_VERSION);
     expect(info.methods).toContainEqual({ name: "get_info", enabled: true });
+    // The UART as the guest's kernel has it set now: raw, 38400 8N1, no flow control, CLOCAL. stty runs as
+    // a child of the shell, not as the session leader exec makes: a leader would take the line as its
+    // controlling terminal and hang it up on exit (the last test).
+    const stty = await client.call("exec", { command: "sh", args: ["-c", `stty -a -F ${GUEST_SERIAL_LINE}; exit $?`] });
+    expect(stty.exit_code).toBe(0);
+    const settings = Buffer.from(stty.stdout_base64, "base64").toString();
+    expect(settings).toContain("speed 38400 baud");
+    expect(settings).toMatch(/min = 1;\s*time = 0;/);
+    const flags = settings.split(/[\s;]+/);
+    for (const flag of ["-icanon", "-echo", "-isig", "-icrnl", "-ixon", "-ixoff", "-opost", "cs8", "-parenb", "cread", "clocal", "-crtscts"]) expect(flags).toContain(flag);
     client.close();
     expect(vm.console()).toContain(`port open transport="isa-serial" path="${GUEST_SERIAL_LINE}"`);
   }, 120_000);
@@ -83,6 +93,24 @@ describe("native protocol on the guest's /dev/ttyS1", () => {
       expect(await client.call("ping", { payload: i })).toEqual({ pong: true, payload: i });
       client.close();
     }
+  }, 180_000);
+
+  test("a guest program that takes the line as its controlling terminal hangs it up on exit: the agent reopens it", async () => {
+    const client = await AgentClient.connect(vm.serialSocket, { timeoutMs: 30_000 });
+    await client.waitReady();
+    const hangups = () => vm.console().match(/serial line hung up; reopening it/g)?.length ?? 0;
+    const before = hangups();
+    // A session leader (exec's setsid) opening a tty without O_NOCTTY makes it its controlling terminal,
+    // and its exit hangs the line up under the agent. A notification: a reply could be lost in the hang-up.
+    client.notify("exec", { command: "sh", args: ["-c", `exec stty -F ${GUEST_SERIAL_LINE} -a`] });
+    const deadline = Date.now() + 30_000;
+    while (hangups() === before && Date.now() < deadline) await Bun.sleep(50);
+    expect(hangups()).toBe(before + 1);
+    client.close();
+    const next = await AgentClient.connect(vm.serialSocket, { timeoutMs: 30_000 });
+    await next.waitReady();
+    expect(await next.call("ping", { payload: "after the hang-up" })).toEqual({ pong: true, payload: "after the hang-up" });
+    next.close();
   }, 180_000);
 });
 
