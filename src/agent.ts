@@ -16,6 +16,7 @@ import { loadHmacKey, RequestAuthenticator } from "./security/hmac.ts";
 import { StdioTransport } from "./transport/stdio.ts";
 import type { Transport } from "./transport/transport.ts";
 import { UnixListenTransport } from "./transport/unix-listen.ts";
+import { IsaSerialTransport } from "./transport/isa-serial/isa-serial.ts";
 import { VirtioSerialTransport } from "./transport/virtio-serial/virtio-serial.ts";
 import { VsockListenTransport } from "./transport/vsock/vsock-listen.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -118,6 +119,8 @@ function createTransport(
   switch (type) {
     case "virtio-serial":
       return new VirtioSerialTransport(path, logger);
+    case "isa-serial":
+      return new IsaSerialTransport(path, logger);
     case "unix-listen":
       return new UnixListenTransport(path, logger);
     case "vsock-listen":

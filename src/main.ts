@@ -22,9 +22,9 @@ import { AGENT_VERSION } from "./version.ts";
 
 const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agent
 
-  -t, --transport TYPE   virtio-serial (default) | unix-listen | vsock-listen | stdio
-  -p, --path PATH        device of virtio-serial (default ${DEFAULT_VIRTIO_PORT})
-                         or socket of unix-listen
+  -t, --transport TYPE   virtio-serial (default) | isa-serial | unix-listen | vsock-listen | stdio
+  -p, --path PATH        device of virtio-serial (default ${DEFAULT_VIRTIO_PORT}),
+                         serial device of isa-serial (e.g. /dev/ttyS1) or socket of unix-listen
       --vsock-port N     port of vsock-listen
   -c, --config FILE      config file (default ${DEFAULT_CONFIG_PATH}; missing means safe defaults)
       --log-level LEVEL  debug | info | warn | error

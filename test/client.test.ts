@@ -178,6 +178,47 @@ describe("failures the host must be told about", () => {
     }
   });
 
+  test("before the echo, a stale reply's tail and an echo arriving a byte at a time (a serial line) are skipped", async () => {
+    const path = join(dir, "serial-line.sock");
+    const listener = Bun.listen<{ decoder: FrameDecoder }>({
+      unix: path,
+      socket: {
+        open(s) {
+          s.data = {
+            decoder: new FrameDecoder(
+              {
+                onFrame(payload) {
+                  const request = JSON.parse(new TextDecoder().decode(payload));
+                  s.write(encodeFrame(JSON.stringify({ jsonrpc: "2.0", id: request.id, result: { pong: true } })));
+                },
+                onOversizedFrame() {},
+                onSync: async () => {
+                  s.write(new TextEncoder().encode("ZZZZ")); // reads as a header of 0x5A5A5A5A bytes, above the client's 1 GiB
+                  for (const byte of SYNC_MARKER) {
+                    await Bun.sleep(10);
+                    s.write(Uint8Array.of(byte));
+                  }
+                },
+              },
+              1 << 20,
+            ),
+          };
+        },
+        data(s, chunk) {
+          s.data.decoder.push(chunk);
+        },
+      },
+    });
+    const client = await AgentClient.connect(path);
+    try {
+      await client.waitReady({ timeoutMs: 5000, attemptMs: 1000 });
+      expect(await client.ping()).toEqual({ pong: true });
+    } finally {
+      client.close();
+      listener.stop(true);
+    }
+  });
+
   test("pending calls fail when the agent closes the connection", async () => {
     const path = join(dir, "closing.sock");
     const listener = Bun.listen({ unix: path, socket: { data(s) { s.end(); } } });

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse as parseToml } from "smol-toml";
 import { applyArgs, parseAgentArgs, UsageError } from "../src/cli/agent-args.ts";
+import { parseQemuGaArgs, qemuGaConfig } from "../src/cli/qemu-ga.ts";
 import { ConfigError, loadConfig, parseConfigText } from "../src/config/load.ts";
 import { defaultConfig } from "../src/config/schema.ts";
 
@@ -67,6 +68,13 @@ describe("config file", () => {
     expect(configError('[qga]\nblock_rpcs = ["guest-exec"]\nallow_rpcs = ["guest-ping"]\n')).toBe(`${FILE}: [qga] allow_rpcs: block_rpcs and allow_rpcs cannot both be set`);
   });
 
+  test("isa-serial on either port needs the serial device named: the default path is a virtio-serial port", () => {
+    expect(configError('[transport]\ntype = "isa-serial"\n')).toBe(`${FILE}: [transport] path: type "isa-serial" needs path = the serial device, e.g. "/dev/ttyS1"`);
+    expect(configError('[qga]\ntype = "isa-serial"\n')).toBe(`${FILE}: [qga] path: type "isa-serial" needs path = the serial device, e.g. "/dev/ttyS1"`);
+    const config = parseConfigText('[transport]\ntype = "isa-serial"\npath = "/dev/ttyS1"\n[qga]\ntype = "isa-serial"\npath = "/dev/ttyS2"\n', FILE);
+    expect([config.transport.type, config.transport.path, config.qga.type, config.qga.path]).toEqual(["isa-serial", "/dev/ttyS1", "isa-serial", "/dev/ttyS2"]);
+  });
+
   test("broken TOML names the file and the line", () => {
     expect(configError("[security]\nenable_exec = \n")).toMatch(/^\/etc\/kvm-manager-agent\/config\.toml: invalid TOML at line 2/);
   });
@@ -98,8 +106,16 @@ describe("command line", () => {
     expect(config.security).toEqual(defaultConfig().security);
   });
 
+  test("qemu-ga's -m isa-serial: the QGA port on /dev/ttyS0 unless -p names another line", () => {
+    const noFile = { QGA_CONF: "/nonexistent/qemu-ga.conf" };
+    expect(qemuGaConfig(parseQemuGaArgs(["-m", "isa-serial"], noFile)).qga).toMatchObject({ enabled: true, type: "isa-serial", path: "/dev/ttyS0" });
+    expect(qemuGaConfig(parseQemuGaArgs(["-m", "isa-serial", "-p", "/dev/ttyS1"], noFile)).qga).toMatchObject({ type: "isa-serial", path: "/dev/ttyS1" });
+    expect(qemuGaConfig(parseQemuGaArgs(["--method=isa-serial"], noFile)).transport.enabled).toBe(false);
+  });
+
   test("bad flags are usage errors that say what is wrong", () => {
-    expect(() => parseAgentArgs(["--transport", "tcp"])).toThrow("--transport must be one of virtio-serial, unix-listen, vsock-listen, stdio (got 'tcp')");
+    expect(() => parseAgentArgs(["--transport", "tcp"])).toThrow("--transport must be one of virtio-serial, isa-serial, unix-listen, vsock-listen, stdio (got 'tcp')");
+    expect(() => parseAgentArgs(["--transport", "isa-serial"])).toThrow("--transport isa-serial needs --path DEVICE (e.g. /dev/ttyS1)");
     expect(() => parseAgentArgs(["--transport", "unix-listen"])).toThrow("--transport unix-listen needs --path SOCKET");
     expect(() => parseAgentArgs(["--vsock-port", "x"])).toThrow("--vsock-port must be an integer");
     expect(() => parseAgentArgs(["--bogus"])).toThrow(UsageError);

@@ -2,7 +2,7 @@
  * The test VM: a busybox initramfs (scripts/vm/build-initramfs.sh) with our
  * binary and Debian's qemu-ga, booted under TCG with the two virtio-serial
  * ports on host unix sockets, a QMP socket, a small virtio disk and
- * restricted user networking. Used by test/vm/*.vm.ts and scripts/bench.ts.
+ * restricted user networking (and, when asked, a second UART on a host socket). Used by test/vm/*.vm.ts and scripts/bench.ts.
  *
  * Everything it starts it stops by PID, also when the test process dies.
  * KVM is broken on these machines: TCG with one vCPU, `-cpu max` (Bun needs AVX2).
@@ -40,6 +40,15 @@ audit_file = "/tmp/audit.jsonl"
 /** The same config, but our agent serves org.qemu.guest_agent.0 itself (booted with `ourQga`). */
 const GUEST_CONFIG_OUR_QGA = GUEST_CONFIG.replace("[qga]\nenabled = false", "[qga]\nenabled = true");
 
+/** Where the guest sees the extra UART of `isaSerial` boots: the second 8250 (I/O 0x2f8, IRQ 3). */
+export const GUEST_SERIAL_LINE = "/dev/ttyS1";
+
+/** The same config with the native protocol on the guest's serial line instead of its virtio-serial port. */
+const GUEST_CONFIG_ISA_SERIAL_NATIVE = `[transport]\ntype = "isa-serial"\npath = "${GUEST_SERIAL_LINE}"\n\n${GUEST_CONFIG}`;
+
+/** The same config with our QGA on the guest's serial line (native stays on virtio-serial, qemu-ga on its port). */
+const GUEST_CONFIG_ISA_SERIAL_QGA = GUEST_CONFIG.replace("[qga]\nenabled = false", `[qga]\nenabled = true\ntype = "isa-serial"\npath = "${GUEST_SERIAL_LINE}"`);
+
 /** The port of the second agent, on vsock-listen, reachable inside the guest over vsock loopback (CID 1). */
 export const GUEST_VSOCK_PORT = 9100;
 
@@ -50,6 +59,11 @@ export const GUEST_VSOCK_PORT = 9100;
 const GUEST_RUN = `#!/bin/sh
 mkdir -p /run/qga
 config=/etc/kvm-manager-agent/config.toml
+if grep -qw kma_isa_serial=native /proc/cmdline; then
+  config=/etc/kvm-manager-agent/config-isa-serial-native.toml
+elif grep -qw kma_isa_serial=qga /proc/cmdline; then
+  config=/etc/kvm-manager-agent/config-isa-serial-qga.toml
+fi
 if grep -qw kma_qga /proc/cmdline; then
   config=/etc/kvm-manager-agent/config-our-qga.toml
 elif [ -x /usr/sbin/qemu-ga ]; then
@@ -79,10 +93,14 @@ export async function guestImage(agentBinary: string): Promise<string> {
   try {
     writeFileSync(join(staging, "config.toml"), GUEST_CONFIG);
     writeFileSync(join(staging, "config-our-qga.toml"), GUEST_CONFIG_OUR_QGA);
+    writeFileSync(join(staging, "config-isa-serial-native.toml"), GUEST_CONFIG_ISA_SERIAL_NATIVE);
+    writeFileSync(join(staging, "config-isa-serial-qga.toml"), GUEST_CONFIG_ISA_SERIAL_QGA);
     const files = [
       `${agentBinary}:/usr/bin/kvm-manager-agent`,
       `${join(staging, "config.toml")}:/etc/kvm-manager-agent/config.toml`,
       `${join(staging, "config-our-qga.toml")}:/etc/kvm-manager-agent/config-our-qga.toml`,
+      `${join(staging, "config-isa-serial-native.toml")}:/etc/kvm-manager-agent/config-isa-serial-native.toml`,
+      `${join(staging, "config-isa-serial-qga.toml")}:/etc/kvm-manager-agent/config-isa-serial-qga.toml`,
     ];
     for (const tool of hostTools) files.push(`${tool}:${tool}`);
     return await imageWith("guest", files, GUEST_RUN);
@@ -136,6 +154,11 @@ export interface BootOptions {
   /** Size of the blank virtio disk (/dev/vda) every test VM gets; default 32 MiB, 0 for none. */
   diskMiB?: number;
   memMiB?: number;
+  /**
+   * Give the guest a second UART (its /dev/ttyS1) on the host socket `serialSocket`,
+   * and start our agent with a config serving this protocol on it.
+   */
+  isaSerial?: "native" | "qga";
 }
 
 const running = new Set<TestVm>();
@@ -148,6 +171,8 @@ export class TestVm {
   readonly qgaSocket: string;
   readonly qmpSocket: string;
   readonly consolePath: string;
+  /** The host end of the guest's /dev/ttyS1 (boot option isaSerial). */
+  readonly serialSocket: string;
   private qmp: Qmp | null = null;
 
   private constructor(
@@ -159,6 +184,7 @@ export class TestVm {
     this.qgaSocket = join(dir, "qga.sock");
     this.qmpSocket = join(dir, "qmp.sock");
     this.consolePath = join(dir, "console.log");
+    this.serialSocket = join(dir, "serial.sock");
   }
 
   get pid(): number {
@@ -173,7 +199,7 @@ export class TestVm {
       ...["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-monitor", "none"],
       ...(options.allowReboot ? [] : ["-no-reboot"]),
       ...["-kernel", newestKernel(), "-initrd", options.image],
-      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.ourQga ? "kma_qga " : ""}${options.append ?? ""}`],
+      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.ourQga ? "kma_qga " : ""}${options.isaSerial ? `kma_isa_serial=${options.isaSerial} ` : ""}${options.append ?? ""}`],
       ...["-serial", `file:${join(dir, "console.log")}`],
       ...["-qmp", `unix:${join(dir, "qmp.sock")},server=on,wait=off`],
       ...["-device", "virtio-serial-pci,id=vser0"],
@@ -182,6 +208,9 @@ export class TestVm {
       ...["-nic", "user,restrict=on,model=virtio-net-pci"],
     ];
     if (!options.withoutAgentPort) args.push(...TestVm.agentPortArgs(join(dir, "agent.sock")));
+    if (options.isaSerial) {
+      args.push("-chardev", `socket,path=${join(dir, "serial.sock")},server=on,wait=off,id=serialchr`, "-device", "isa-serial,chardev=serialchr,index=1");
+    }
     const diskMiB = options.diskMiB ?? 32;
     if (diskMiB > 0) {
       const disk = join(dir, "disk.raw");

@@ -49,6 +49,7 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     throw new UsageError(`--transport must be one of ${TRANSPORT_TYPES.join(", ")} (got '${transport}')`);
   }
   if (transport === "unix-listen" && values.path === undefined) throw new UsageError("--transport unix-listen needs --path SOCKET");
+  if (transport === "isa-serial" && values.path === undefined) throw new UsageError("--transport isa-serial needs --path DEVICE (e.g. /dev/ttyS1)");
   const logLevel = values["log-level"];
   if (logLevel !== undefined && !(LOG_LEVELS as readonly string[]).includes(logLevel)) {
     throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")} (got '${logLevel}')`);

@@ -29,7 +29,7 @@ export interface QemuGaOptions {
 const DEFAULT_FSFREEZE_HOOK = "/etc/qemu/fsfreeze-hook";
 const DEFAULT_PATHS: Record<string, string> = {
   "virtio-serial": "/dev/virtio-ports/org.qemu.guest_agent.0",
-  "isa-serial": "/dev/ttyS0",
+  "isa-serial": process.platform === "win32" ? "COM1" : "/dev/ttyS0",
 };
 
 export function invokedAsQemuGa(argv0: string): boolean {
@@ -39,8 +39,11 @@ export function invokedAsQemuGa(argv0: string): boolean {
 export const QEMU_GA_USAGE = `Usage: qemu-ga [-m <method> -p <path>] [<options>]
 QEMU Guest Agent compatible mode of kvm-manager-agent ${AGENT_VERSION}
 
-  -m, --method      unix-listen, virtio-serial (default) or vsock-listen
-  -p, --path        device/socket path (virtio-serial default: ${DEFAULT_PATHS["virtio-serial"]});
+  -m, --method      transport method: one of unix-listen, virtio-serial,
+                    isa-serial or vsock-listen (virtio-serial is the default)
+  -p, --path        device/socket path (the default for virtio-serial is:
+                    ${DEFAULT_PATHS["virtio-serial"]},
+                    the default for isa-serial is: ${DEFAULT_PATHS["isa-serial"]});
                     for vsock-listen <cid>:<port>
   -l, --logfile     set logfile path, logs to stderr by default
   -f, --pidfile     specify pidfile (default is /var/run/qemu-ga.pid)
@@ -159,7 +162,6 @@ export function dumpQemuGaConf(options: QemuGaOptions): string {
 
 /** The agent's config for qemu-ga's options: the QGA port only, on qemu-ga's channel. */
 export function qemuGaConfig(options: QemuGaOptions): AgentConfig {
-  if (options.method === "isa-serial") throw new UsageError("the isa-serial method is not supported yet: use virtio-serial");
   if (options.path === undefined) throw new UsageError("must specify a path for this channel");
   if (options.blockRpcs.length > 0 && options.allowRpcs.length > 0) throw new UsageError("--block-rpcs and --allow-rpcs cannot be used together");
   const config = defaultConfig();

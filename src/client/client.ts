@@ -192,6 +192,9 @@ export class AgentClient implements ConnectionHandler, FrameSink {
   }
 
   onOversizedFrame(length: number): void {
+    // Before the echo: a stale reply's tail, or the echo itself arriving a byte at a time (a serial line),
+    // whose first four 0xFF read as a header. The decoder skips it and still finds the marker.
+    if (!this.synced) return;
     this.connection?.close();
     this.failAll(new AgentConnectionError(`agent sent a frame of ${length} bytes, above the client's limit`));
   }

@@ -5,7 +5,7 @@
 import { z } from "zod";
 import { DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT } from "../protocol/framing.ts";
 
-export const TRANSPORT_TYPES = ["virtio-serial", "unix-listen", "vsock-listen", "stdio"] as const;
+export const TRANSPORT_TYPES = ["virtio-serial", "isa-serial", "unix-listen", "vsock-listen", "stdio"] as const;
 export type TransportType = (typeof TRANSPORT_TYPES)[number];
 
 export const DEFAULT_VIRTIO_PORT = process.platform === "win32"
@@ -34,6 +34,10 @@ export const DEFAULT_VSOCK_PORT = 9100;
 
 const qgaCommandName = z.string().regex(/^guest-[a-z0-9-]+$/, "must be a QGA command name like \"guest-exec\"");
 
+/** The default path of a port is a virtio-serial port: a serial line must be named. */
+const serialLineNamed = (defaultPath: string) => (port: { type: string; path: string }) => port.type !== "isa-serial" || port.path !== defaultPath;
+const SERIAL_LINE_UNNAMED = { message: 'type "isa-serial" needs path = the serial device, e.g. "/dev/ttyS1"', path: ["path"] };
+
 const absolutePath = z.string().min(1).refine((p) => /^(\/|[A-Za-z]:\\)/.test(p), "must be an absolute path");
 
 export const configSchema = z.strictObject({
@@ -41,20 +45,22 @@ export const configSchema = z.strictObject({
     .strictObject({
       enabled: z.boolean().default(true).describe("Serve the native protocol (the QGA port has its own switch in [qga])"),
       type: z.enum(TRANSPORT_TYPES).default("virtio-serial"),
-      path: z.string().min(1).default(DEFAULT_VIRTIO_PORT).describe("Device path (virtio-serial) or socket path (unix-listen)"),
+      path: z.string().min(1).default(DEFAULT_VIRTIO_PORT).describe("Device path (virtio-serial, isa-serial) or socket path (unix-listen)"),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_VSOCK_PORT),
     })
+    .refine(serialLineNamed(DEFAULT_VIRTIO_PORT), SERIAL_LINE_UNNAMED)
     .prefault({}),
   qga: z
     .strictObject({
       enabled: z.boolean().default(true).describe("Also serve the QEMU guest agent protocol, for libvirt, Proxmox, OpenStack and KubeVirt"),
-      type: z.enum(["virtio-serial", "unix-listen", "vsock-listen"]).default("virtio-serial"),
+      type: z.enum(["virtio-serial", "isa-serial", "unix-listen", "vsock-listen"]).default("virtio-serial"),
       path: z.string().min(1).default(DEFAULT_QGA_PORT),
       vsock_port: z.number().int().min(1).max(0xffffffff).default(DEFAULT_QGA_VSOCK_PORT),
       state_dir: z.string().min(1).default(DEFAULT_STATE_DIR).describe("Where state that must survive a restart is kept: the QGA file handle counter, and the mark that filesystems are frozen (both protocols)"),
       block_rpcs: z.array(qgaCommandName).default([]).describe("QGA commands to switch off, as qemu-ga's --block-rpcs"),
       allow_rpcs: z.array(qgaCommandName).default([]).describe("When not empty, the only QGA commands left on, as qemu-ga's --allow-rpcs"),
     })
+    .refine(serialLineNamed(DEFAULT_QGA_PORT), SERIAL_LINE_UNNAMED)
     .refine((qga) => qga.block_rpcs.length === 0 || qga.allow_rpcs.length === 0, {
       message: "block_rpcs and allow_rpcs cannot both be set",
       path: ["allow_rpcs"],

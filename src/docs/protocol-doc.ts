@@ -20,6 +20,7 @@ Protocol version: **${PROTOCOL_VERSION}**. Hosts detect features from \`get_info
 
 The agent listens on the virtio-serial port \`org.kvmmanager.agent.0\`
 (Linux: \`/dev/virtio-ports/org.kvmmanager.agent.0\`, Windows: \`\\\\.\\Global\\org.kvmmanager.agent.0\`);
+or, in a VM without virtio-serial, on a serial line (\`isa-serial\`, e.g. \`/dev/ttyS1\`);
 for tests and containers also on a unix socket, AF_VSOCK or stdin/stdout.
 Every message in both directions is one frame:
 
@@ -34,7 +35,8 @@ Every message in both directions is one frame:
   its payload is skipped as it streams in, never buffered, and the next frame is read normally.
 - A zero-length frame, invalid UTF-8 or invalid JSON is answered with ${JSONRPC_ERRORS.PARSE_ERROR.code} (id \`null\`); the stream stays in sync.
 - A reply larger than \`max_frame_bytes\` is replaced by error ${APPLICATION_ERRORS.TOO_LARGE.code} for the same id.
-- On virtio-serial the agent resets its framing state when it sees the host disconnect.
+- On virtio-serial the agent resets its framing state when it sees the host disconnect. A serial line has no
+  connect or disconnect: the guest never sees a host come or go, so there every host must start with the resync below.
 
 ### Resync
 

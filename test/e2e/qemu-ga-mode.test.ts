@@ -40,6 +40,8 @@ describe.skipIf(!existsSync(REAL_QEMU_GA))("-D dumps the config file qemu-ga wou
     [],
     ["-m", "unix-listen", "-p", "/tmp/x.sock", "-l", "/tmp/qga.log", "-f", "/tmp/qga.pid", "-F/etc/hook.sh", "-t", "/tmp/state", "-v", "-r", "-b", "guest-ping,guest-exec"],
     ["--method=vsock-listen", "--path", "3:1234", "-F", "--statedir=/var/lib/qga", "--block-rpcs=guest-shutdown"],
+    ["-m", "isa-serial"],
+    ["-m", "isa-serial", "-p", "/dev/ttyS1"],
   ];
   for (const flags of flagSets) {
     test(`qemu-ga -D ${flags.join(" ")}`, () => {

@@ -46,14 +46,20 @@ function check(result: number, what: string): number {
 
 /** Opens a pty pair with the slave in raw mode and the master non-blocking. */
 export function openRawPty(): Pty {
+  const pty = openPty();
+  const termios = new Uint8Array(TERMIOS_BYTES);
+  check(libc.symbols.tcgetattr(pty.slave, ptr(termios)), "tcgetattr");
+  libc.symbols.cfmakeraw(ptr(termios));
+  check(libc.symbols.tcsetattr(pty.slave, TCSANOW, ptr(termios)), "tcsetattr");
+  return pty;
+}
+
+/** Opens a pty pair with the slave as the kernel makes it (cooked: echo, line editing, ^C) and the master non-blocking. */
+export function openPty(): Pty {
   const fds = new Int32Array(2);
   check(libc.symbols.openpty(ptr(fds), ptr(fds, 4), null, null, null), "openpty");
   const master = fds[0]!;
   const slave = fds[1]!;
-  const termios = new Uint8Array(TERMIOS_BYTES);
-  check(libc.symbols.tcgetattr(slave, ptr(termios)), "tcgetattr");
-  libc.symbols.cfmakeraw(ptr(termios));
-  check(libc.symbols.tcsetattr(slave, TCSANOW, ptr(termios)), "tcsetattr");
   const namePtr = libc.symbols.ttyname(slave);
   if (!namePtr) throw new Error("ttyname failed");
   const slavePath = new CString(namePtr).toString();
@@ -80,7 +86,8 @@ export function openRawPty(): Pty {
 }
 
 /**
- * Reads the master in a poll loop and decodes reply frames; write() writes
+ * Reads the master in a poll loop and decodes reply frames (or, with
+ * decodeFrames false, keeps the bytes in `bytes`, for QGA); write() writes
  * all the bytes (retrying on EAGAIN when the pty buffer is full).
  */
 export class PtyPeer extends FrameCollector {
@@ -92,7 +99,13 @@ export class PtyPeer extends FrameCollector {
   hangups = 0;
   private readonly loop: Promise<void>;
 
-  constructor(private readonly fd: number) {
+  /** Everything read, when frames are not decoded. */
+  bytes = Buffer.alloc(0);
+
+  constructor(
+    private readonly fd: number,
+    private readonly decodeFrames = true,
+  ) {
     super();
     this.loop = this.readLoop();
   }
@@ -108,7 +121,8 @@ export class PtyPeer extends FrameCollector {
         if (code === "EIO") this.hangups++;
         else if (code !== "EAGAIN") this.readErrors.push(String(error));
       }
-      if (n > 0) this.push(this.buffer.subarray(0, n));
+      if (n > 0 && this.decodeFrames) this.push(this.buffer.subarray(0, n));
+      else if (n > 0) this.bytes = Buffer.concat([this.bytes, this.buffer.subarray(0, n)]);
       else await Bun.sleep(5);
     }
   }

@@ -1,6 +1,6 @@
 /**
- * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll),
- * opened once on first use through bun:ffi.
+ * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll,
+ * termios), opened once on first use through bun:ffi.
  */
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
 import { constants } from "node:os";
@@ -19,6 +19,11 @@ function open() {
     settimeofday: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+    tcgetattr: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    tcsetattr: { args: [FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
+    tcflush: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    cfmakeraw: { args: [FFIType.ptr], returns: FFIType.void },
+    cfsetspeed: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
     __errno_location: { args: [], returns: FFIType.ptr },
   }).symbols;
 }

@@ -149,15 +149,15 @@ export class VirtioSerialTransport implements Transport {
   }
 }
 
-/** One host's connection on the port; output waits in the queue while the port is full. */
-class PortConnection extends BufferedConnection {
+/** One host's connection on the port (or on a serial line); output waits in the queue while the port is full. */
+export class PortConnection extends BufferedConnection {
   private resumeReading: { promise: Promise<void>; resolve: () => void } | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private retryDelayMs = 1;
 
   constructor(
     transport: string,
-    private readonly port: PortDevice,
+    private readonly port: Pick<PortDevice, "writeSome">,
   ) {
     super(transport);
   }
