@@ -49,6 +49,11 @@ const GUEST_CONFIG_ISA_SERIAL_NATIVE = `[transport]\ntype = "isa-serial"\npath =
 /** The same config with our QGA on the guest's serial line (native stays on virtio-serial, qemu-ga on its port). */
 const GUEST_CONFIG_ISA_SERIAL_QGA = GUEST_CONFIG.replace("[qga]\nenabled = false", `[qga]\nenabled = true\ntype = "isa-serial"\npath = "${GUEST_SERIAL_LINE}"`);
 
+/** The key of `hmac` boots, whose agent answers only requests signed with it ([security] hmac_key_file). */
+export const GUEST_HMAC_KEY = "the test VM's message authentication key";
+const GUEST_HMAC_KEY_FILE = "/etc/kvm-manager-agent/hmac.key";
+const GUEST_CONFIG_HMAC = GUEST_CONFIG.replace("[security]\n", `[security]\nhmac_key_file = "${GUEST_HMAC_KEY_FILE}"\n`);
+
 /** The port of the second agent, on vsock-listen, reachable inside the guest over vsock loopback (CID 1). */
 export const GUEST_VSOCK_PORT = 9100;
 
@@ -63,6 +68,8 @@ if grep -qw kma_isa_serial=native /proc/cmdline; then
   config=/etc/kvm-manager-agent/config-isa-serial-native.toml
 elif grep -qw kma_isa_serial=qga /proc/cmdline; then
   config=/etc/kvm-manager-agent/config-isa-serial-qga.toml
+elif grep -qw kma_hmac /proc/cmdline; then
+  config=/etc/kvm-manager-agent/config-hmac.toml
 fi
 if grep -qw kma_qga /proc/cmdline; then
   config=/etc/kvm-manager-agent/config-our-qga.toml
@@ -95,12 +102,16 @@ export async function guestImage(agentBinary: string): Promise<string> {
     writeFileSync(join(staging, "config-our-qga.toml"), GUEST_CONFIG_OUR_QGA);
     writeFileSync(join(staging, "config-isa-serial-native.toml"), GUEST_CONFIG_ISA_SERIAL_NATIVE);
     writeFileSync(join(staging, "config-isa-serial-qga.toml"), GUEST_CONFIG_ISA_SERIAL_QGA);
+    writeFileSync(join(staging, "config-hmac.toml"), GUEST_CONFIG_HMAC);
+    writeFileSync(join(staging, "hmac.key"), GUEST_HMAC_KEY, { mode: 0o600 });
     const files = [
       `${agentBinary}:/usr/bin/kvm-manager-agent`,
       `${join(staging, "config.toml")}:/etc/kvm-manager-agent/config.toml`,
       `${join(staging, "config-our-qga.toml")}:/etc/kvm-manager-agent/config-our-qga.toml`,
       `${join(staging, "config-isa-serial-native.toml")}:/etc/kvm-manager-agent/config-isa-serial-native.toml`,
       `${join(staging, "config-isa-serial-qga.toml")}:/etc/kvm-manager-agent/config-isa-serial-qga.toml`,
+      `${join(staging, "config-hmac.toml")}:/etc/kvm-manager-agent/config-hmac.toml`,
+      `${join(staging, "hmac.key")}:${GUEST_HMAC_KEY_FILE}`,
     ];
     for (const tool of hostTools) files.push(`${tool}:${tool}`);
     return await imageWith("guest", files, GUEST_RUN);
@@ -159,6 +170,8 @@ export interface BootOptions {
    * and start our agent with a config serving this protocol on it.
    */
   isaSerial?: "native" | "qga";
+  /** Our agent answers only requests signed with GUEST_HMAC_KEY. */
+  hmac?: boolean;
 }
 
 const running = new Set<TestVm>();
@@ -199,7 +212,7 @@ export class TestVm {
       ...["-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-monitor", "none"],
       ...(options.allowReboot ? [] : ["-no-reboot"]),
       ...["-kernel", newestKernel(), "-initrd", options.image],
-      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.ourQga ? "kma_qga " : ""}${options.isaSerial ? `kma_isa_serial=${options.isaSerial} ` : ""}${options.append ?? ""}`],
+      ...["-append", `console=ttyS0 panic=-1 quiet loglevel=4 ${options.ourQga ? "kma_qga " : ""}${options.isaSerial ? `kma_isa_serial=${options.isaSerial} ` : ""}${options.hmac ? "kma_hmac " : ""}${options.append ?? ""}`],
       ...["-serial", `file:${join(dir, "console.log")}`],
       ...["-qmp", `unix:${join(dir, "qmp.sock")},server=on,wait=off`],
       ...["-device", "virtio-serial-pci,id=vser0"],
