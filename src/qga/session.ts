@@ -66,24 +66,40 @@ export class QgaSession implements ConnectionHandler, QgaStreamSink {
     this.enqueue(() => this.dispatcher.handle(value, transport));
   }
 
-  /** Replies leave in request order, whatever each one waits on. */
+  /**
+   * Replies leave in request order, whatever each one waits on, and commands
+   * run one at a time, as qemu-ga's do. With nothing queued, a command that
+   * answers synchronously is answered at once, without a promise hop.
+   */
   private enqueue(produce: () => QgaReply | null | Promise<QgaReply | null>): void {
+    if (this.queued === 0) {
+      const reply = produce();
+      if (!(reply instanceof Promise)) return this.deliver(reply);
+      return this.track(reply);
+    }
+    this.track(this.tail.then(produce));
+  }
+
+  private track(pending: Promise<QgaReply | null>): void {
     this.queued++;
     if (this.queued > MAX_QUEUED && !this.paused) {
       this.paused = true;
       this.connection.pause();
     }
-    this.tail = this.tail.then(async () => {
-      const reply = await produce();
+    this.tail = pending.then((reply) => {
       this.queued--;
       if (this.paused && this.queued <= MAX_QUEUED / 2) {
         this.paused = false;
         this.connection.resume();
       }
-      if (reply === null || this.closed) return;
-      const bytes = encoder.encode(`${reply.line}\n`);
-      this.connection.send(reply.delimited ? Buffer.concat([DELIMITER, bytes]) : bytes);
+      this.deliver(reply);
     });
+  }
+
+  private deliver(reply: QgaReply | null): void {
+    if (reply === null || this.closed) return;
+    const bytes = encoder.encode(`${reply.line}\n`);
+    this.connection.send(reply.delimited ? Buffer.concat([DELIMITER, bytes]) : bytes);
   }
 }
 
