@@ -1,6 +1,7 @@
 /**
- * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll),
- * opened once on first use through bun:ffi.
+ * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll,
+ * the directory-fd *at calls and the openat2 syscall), opened once on first
+ * use through bun:ffi.
  */
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
 import { constants } from "node:os";
@@ -19,6 +20,12 @@ function open() {
     settimeofday: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+    syscall: { args: [FFIType.i64, FFIType.i64, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
+    openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
+    mkdirat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    unlinkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     __errno_location: { args: [], returns: FFIType.ptr },
   }).symbols;
 }
