@@ -20,8 +20,8 @@ import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { FileService } from "../services.ts";
 import { unpackArchive } from "./archive.ts";
-import { AT_FDCWD, linkat, lstatAt, openat, RENAME_NOREPLACE, renameat2, unlinkat } from "./at.ts";
-import { errnoOf, FdHandle, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError } from "./fsx.ts";
+import { AT_FDCWD, lstatAt, openat, renameat2, unlinkat } from "./at.ts";
+import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, renameNoReplaceAt } from "./fsx.ts";
 import { PathPolicy, refuseHardlinked } from "./paths.ts";
 
 /** Bytes kept free in a frame for the JSON envelope around a base64 payload. */
@@ -397,7 +397,7 @@ export class FileManager implements FileService {
       renameat2(target.dirFd, temp.name, target.dirFd, target.name, 0);
     } else {
       try {
-        renameNoReplaceAt(target.dirFd, temp.name, target.name);
+        renameNoReplaceAt(target.dirFd, temp.name, target.name, false);
       } catch (error) {
         if (errnoOf(error) === "EEXIST") {
           throw new RpcError("FORBIDDEN", `'${target.path}' exists and overwrite is false`, { path: target.path, reason: "exists" });
@@ -405,12 +405,7 @@ export class FileManager implements FileService {
         throw error;
       }
     }
-    try {
-      await new FdHandle(target.dirFd).sync();
-    } catch (error) {
-      // Some filesystems refuse fsync on directories; the rename itself is done.
-      if (errnoOf(error) !== "EINVAL") throw error;
-    }
+    await fsyncFd(target.dirFd);
   }
 
   private withUpload<T>(id: string, work: (upload: Upload) => Promise<T>): Promise<T> {
@@ -487,22 +482,6 @@ function releaseTarget(target: WriteTarget): void {
   if (target.dirClosed) return;
   target.dirClosed = true;
   closeSync(target.dirFd);
-}
-
-/**
- * rename within one directory that fails with EEXIST when `to` exists:
- * RENAME_NOREPLACE, or link + unlink where the filesystem lacks it (as atomic
- * against a concurrent creator).
- */
-function renameNoReplaceAt(dirFd: number, from: string, to: string): void {
-  try {
-    renameat2(dirFd, from, dirFd, to, RENAME_NOREPLACE);
-    return;
-  } catch (error) {
-    if (errnoOf(error) !== "EINVAL") throw error;
-  }
-  linkat(dirFd, from, dirFd, to);
-  unlinkat(dirFd, from);
 }
 
 function notRegular(path: string, stat: Stats): RpcError {

@@ -1,12 +1,12 @@
 /**
  * Low-level file helpers for the file service: OS errors mapped to RpcErrors,
- * open flags, an async handle over a raw fd, directory fsync and path renames
- * with RENAME_EXCHANGE / RENAME_NOREPLACE (renameat2 from at.ts).
+ * open flags, an async handle over a raw fd, directory fsync and renames in a
+ * directory fd with RENAME_EXCHANGE / RENAME_NOREPLACE (renameat2 from at.ts).
  */
 import { close, constants, fchmod, fchown, fstat, fsync, promises as fsp, read, write, type Stats } from "node:fs";
 import { promisify } from "node:util";
 import { RpcError } from "../protocol/errors.ts";
-import { AT_FDCWD, errnoException, O_CLOEXEC, RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2 } from "./at.ts";
+import { errnoException, linkat, lstatAt, O_CLOEXEC, RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, unlinkat } from "./at.ts";
 
 export const O_RDONLY = constants.O_RDONLY;
 export const O_WRONLY = constants.O_WRONLY;
@@ -31,6 +31,16 @@ export function osError(error: unknown, what: string, path?: string): RpcError {
   if (errno === "ENOSPC" || errno === "EDQUOT") return new RpcError("OPERATION_FAILED", `${what}: no space left on the guest's filesystem`, { errno, path });
   const message = (error as Error | null)?.message ?? String(error);
   return new RpcError("OPERATION_FAILED", `${what}: ${message}`, { errno: errno ?? null, path });
+}
+
+/** fsync an open directory, so a rename in it survives a crash. */
+export async function fsyncFd(fd: number): Promise<void> {
+  try {
+    await new FdHandle(fd).sync();
+  } catch (error) {
+    // Some filesystems refuse fsync on directories; the rename itself is done.
+    if (errnoOf(error) !== "EINVAL") throw error;
+  }
 }
 
 /** fsync a directory, so a rename in it survives a crash. */
@@ -100,45 +110,37 @@ export async function ignoreErrors(work: () => Promise<unknown>): Promise<void> 
   }
 }
 
-// ---------------------------------------------------------------- renameat2
-
-/** renameat2 on paths; false when the kernel or filesystem lacks it (EINVAL, ENOSYS) or there is no libc to call. */
-function tryRenameat2(from: string, to: string, flags: number): boolean {
-  try {
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags);
-    return true;
-  } catch (error) {
-    const code = errnoOf(error);
-    if (code === undefined || code === "EINVAL" || code === "ENOSYS") return false;
-    throw error;
-  }
-}
+// ---------------------------------------------------------------- renames in a directory fd
 
 /**
- * rename that fails with EEXIST when `to` exists. renameat2(RENAME_NOREPLACE)
- * where the kernel and filesystem have it; else link+unlink for files (also
- * atomic against a concurrent creator) or check-then-rename for directories.
+ * rename within the directory `dirFd` that fails with EEXIST when `to`
+ * exists: RENAME_NOREPLACE where the kernel and filesystem have it; else
+ * link + unlink for files (as atomic against a concurrent creator), or
+ * check-then-rename for directories.
  */
-export async function renameNoReplace(from: string, to: string, isDirectory: boolean): Promise<void> {
-  if (tryRenameat2(from, to, RENAME_NOREPLACE)) return;
+export function renameNoReplaceAt(dirFd: number, from: string, to: string, isDirectory: boolean): void {
+  try {
+    renameat2(dirFd, from, dirFd, to, RENAME_NOREPLACE);
+    return;
+  } catch (error) {
+    if (errnoOf(error) !== "EINVAL" && errnoOf(error) !== "ENOSYS") throw error;
+  }
   if (!isDirectory) {
-    await fsp.link(from, to);
-    await fsp.unlink(from);
+    linkat(dirFd, from, dirFd, to);
+    unlinkat(dirFd, from);
     return;
   }
-  try {
-    await fsp.lstat(to);
-    throw errnoException(17, "rename", to);
-  } catch (error) {
-    if (errnoOf(error) !== "ENOENT") throw error;
-  }
-  await fsp.rename(from, to);
+  if (lstatAt(dirFd, to)) throw errnoException(17, "rename", to);
+  renameat2(dirFd, from, dirFd, to, 0);
 }
 
-/**
- * Atomically swap two paths (RENAME_EXCHANGE). Returns false where the kernel
- * or filesystem cannot, so the caller can fall back.
- */
-export async function exchangePaths(a: string, b: string): Promise<boolean> {
-  return tryRenameat2(a, b, RENAME_EXCHANGE);
+/** Atomically swap two names in `dirFd` (RENAME_EXCHANGE); false where the kernel or filesystem cannot. */
+export function exchangeAt(dirFd: number, a: string, b: string): boolean {
+  try {
+    renameat2(dirFd, a, dirFd, b, RENAME_EXCHANGE);
+    return true;
+  } catch (error) {
+    if (errnoOf(error) === "EINVAL" || errnoOf(error) === "ENOSYS") return false;
+    throw error;
+  }
 }

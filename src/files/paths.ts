@@ -47,15 +47,6 @@ export interface OpenedParent {
   path: string;
 }
 
-export interface ResolvedParent {
-  /** Real path of the parent directory (under a root). */
-  dir: string;
-  /** Final component, as given. */
-  name: string;
-  /** dir + "/" + name. */
-  path: string;
-}
-
 export class PathPolicy {
   readonly roots: readonly string[];
   /** How opens are confined: openat2 beneath the root, or the realpath fallback (see above). */
@@ -138,32 +129,6 @@ export class PathPolicy {
       dir = await this.createParents(path, parent, createDirs);
     }
     return { fd: dir.fd, dir: dir.path, name, path: dir.path === "/" ? `/${name}` : `${dir.path}/${name}` };
-  }
-
-  /**
-   * Resolve the parent directory of `path` (which must be a file or directory
-   * name, not a root) by path: realpath of the parent, checked under a root.
-   * For what still works on paths (copy_archive_to_guest) and the fallback.
-   */
-  async resolveParent(path: string): Promise<ResolvedParent> {
-    if (path.endsWith("/")) throw new RpcError("INVALID_PARAMS", `'${path}' names a directory, not a file`, { path });
-    const normal = this.lexical(path);
-    const name = posix.basename(normal);
-    const parent = posix.dirname(normal);
-    let dir: string;
-    try {
-      dir = await fsp.realpath(parent);
-    } catch (error) {
-      if (errnoOf(error) !== "ENOENT") throw osError(error, "cannot resolve the parent directory", parent);
-      await this.deepestAncestor(path, parent);
-      throw missingParent(path);
-    }
-    if (!this.isUnder(dir)) throw outside(path);
-    const stat = await fsp.stat(dir).catch((error) => {
-      throw osError(error, "cannot stat the parent directory", parent);
-    });
-    if (!stat.isDirectory()) throw new RpcError("OPERATION_FAILED", `the parent of '${path}' is not a directory`, { errno: "ENOTDIR", path });
-    return { dir, name, path: dir === "/" ? `/${name}` : `${dir}/${name}` };
   }
 
   /** The widest root `real` is under (the fewest EXDEV retries), or null. */
