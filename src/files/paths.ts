@@ -65,6 +65,9 @@ export class PathPolicy {
     }
     this.roots = roots;
     this.resolver = options.openat2 !== false && hasOpenat2() ? "openat2" : "realpath";
+    if (options.openat2 !== false && this.resolver === "realpath") {
+      logger?.warn("openat2 is not available (Linux < 5.6, or refused by a seccomp filter): file paths are confined by realpath checks and fd re-checks");
+    }
   }
 
   /** True when the real path `real` is a root or inside one (component-wise). */
@@ -145,14 +148,14 @@ export class PathPolicy {
     const openFlags = flags | O_CLOEXEC | (followFinal ? 0 : O_NOFOLLOW);
     if (this.resolver === "realpath") {
       const target = await this.realTarget(path, normal, followFinal);
-      const fd = openSync(target, openFlags | O_NOFOLLOW, mode);
+      if (this.roots.includes(target)) return { fd: this.openChecked(path, target, openFlags, mode), path: target };
+      // The directory first, checked where it really is; then the name in it: what O_CREAT makes cannot land outside.
+      const dirFd = this.openChecked(path, posix.dirname(target), DIRECTORY_FLAGS | O_CLOEXEC, 0);
       try {
-        this.checkFd(fd, path);
-      } catch (error) {
-        closeSync(fd);
-        throw error;
+        return { fd: openat(dirFd, posix.basename(target), openFlags | O_NOFOLLOW, mode), path: target };
+      } finally {
+        closeSync(dirFd);
       }
-      return { fd, path: target };
     }
     const lexicalRoot = this.rootOf(normal);
     if (lexicalRoot !== null) {
@@ -200,12 +203,18 @@ export class PathPolicy {
   }
 
   /**
-   * Fallback only (openat2 makes it moot): where the fd really points, per
-   * /proc/self/fd, against a directory swapped for a symlink after the checks.
+   * Fallback only (openat2 makes it moot): open `real` without following a
+   * final symlink, then check where the fd really points, per /proc/self/fd,
+   * against a directory swapped for a symlink after the checks.
    */
-  private checkFd(fd: number, path: string): void {
-    const real = fdPath(fd);
-    if (real !== null && !this.isUnder(real.replace(/ \(deleted\)$/, ""))) throw outside(path);
+  private openChecked(path: string, real: string, flags: number, mode: number): number {
+    const fd = openSync(real, flags | O_NOFOLLOW, mode);
+    const where = fdPath(fd);
+    if (where !== null && !this.isUnder(where.replace(/ \(deleted\)$/, ""))) {
+      closeSync(fd);
+      throw outside(path);
+    }
+    return fd;
   }
 
   /** The deepest existing ancestor of `parent`, checked under a root (FORBIDDEN before NOT_FOUND), and the components below it. */

@@ -11,11 +11,12 @@
  * test/exec.test.ts ("command resolution", "environment", "policy refusals").
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, chmodSync, copyFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { FORBIDDEN_ENV } from "../../src/exec/policy.ts";
 import { connectClient, eventually, makeTempDir, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { startFlipRacer } from "../helpers/flip-racer.ts";
 
 const FORBIDDEN = -32001;
 const NOT_FOUND = -32002;
@@ -275,46 +276,41 @@ describe("hardlink escapes", () => {
 });
 
 describe("a symlink swapped in between check and open", () => {
-  test("a racer flips directories between a real dir and symlinks to /etc and to the outside dir: nothing outside is ever read or written (copy, archive, QGA)", async () => {
-    // race-r flips between a real dir and /etc (only read through); race-w between a real dir and the outside scratch dir.
-    for (const name of ["real-r", "real-w"]) {
-      mkdirSync(join(root, name));
-      writeFileSync(join(root, name, "passwd"), INSIDE);
-      writeFileSync(join(root, name, "secret"), INSIDE);
-    }
-    symlinkSync("/etc", join(root, "link-r"));
-    symlinkSync(outside, join(root, "link-w"));
-    const racerScript = join(scratch, "racer.ts");
-    writeFileSync(
-      racerScript,
-      `import { renameSync } from "node:fs";
-const root = ${JSON.stringify(root)};
-for (;;) {
-  for (const s of ["r", "w"]) {
-    try { renameSync(root + "/real-" + s, root + "/race-" + s); renameSync(root + "/race-" + s, root + "/real-" + s); } catch {}
-    try { renameSync(root + "/link-" + s, root + "/race-" + s); renameSync(root + "/race-" + s, root + "/link-" + s); } catch {}
-  }
-}
-`,
-    );
+  test("a racer flips directories between a real dir and symlinks to / and to an outside dir: nothing outside is ever read or written (copy, archive, QGA)", async () => {
+    // race-r is a real dir or a symlink to / (only read through: race-r/etc/passwd); race-w a real dir or a
+    // symlink to a scratch dir outside the root. The flipped name is never the last component: O_NOFOLLOW
+    // alone would stop that; it takes resolving beneath the root (or the fd re-check) to stop this.
+    const outsideRace = join(scratch, "outside-race");
+    mkdirSync(join(outsideRace, "sub"), { recursive: true });
+    writeFileSync(join(outsideRace, "sub", "secret"), SECRET);
+    mkdirSync(join(root, "race-r", "etc"), { recursive: true });
+    writeFileSync(join(root, "race-r", "etc", "passwd"), INSIDE);
+    mkdirSync(join(root, "race-w", "sub"), { recursive: true });
+    writeFileSync(join(root, "race-w", "sub", "secret"), INSIDE);
+    symlinkSync("/", join(root, "link-r"));
+    symlinkSync(outsideRace, join(root, "link-w"));
     mkdirSync(join(scratch, "tree"));
     writeFileSync(join(scratch, "tree", "t"), INSIDE);
     expect(Bun.spawnSync(["tar", "czf", join(scratch, "tree.tar.gz"), "-C", join(scratch, "tree"), "."]).exitCode).toBe(0);
     const archive = readFileSync(join(scratch, "tree.tar.gz")).toString("base64");
-    const racer = Bun.spawn([process.execPath, racerScript], { stdout: "ignore", stderr: "ignore" });
+    // race-r / race-w are always there, exchanged atomically with link-r / link-w.
+    const racer = startFlipRacer(root, [
+      ["race-r", "link-r"],
+      ["race-w", "link-w"],
+    ]);
     const seen = { ok: 0, refused: 0 };
     const replies: string[] = [];
     try {
       const until = Date.now() + 2_500;
       for (let round = 0; Date.now() < until; round++) {
         const attempts = await Promise.allSettled([
-          readNative(`${root}/race-r/passwd`).then((r) => text(r.content_base64)),
-          readNative(`${root}/race-w/secret`).then((r) => text(r.content_base64)),
-          writeNative(`${root}/race-w/new-${round}`, "native").then(() => "written"),
-          client.call("copy_archive_to_guest", { dir: `${root}/race-w/tree-${round}`, archive_base64: archive }).then(() => "written"),
-          qgaReadAll(`${root}/race-r/passwd`).then((r) => ("content" in r ? r.content : Promise.reject(new Error(r.error)))),
-          qgaReadAll(`${root}/race-w/secret`).then((r) => ("content" in r ? r.content : Promise.reject(new Error(r.error)))),
-          qgaWrite(`${root}/race-w/q-${round}`, "w", "qga").then((ok) => (ok ? "written" : Promise.reject(new Error("refused")))),
+          readNative(`${root}/race-r/etc/passwd`).then((r) => text(r.content_base64)),
+          readNative(`${root}/race-w/sub/secret`).then((r) => text(r.content_base64)),
+          writeNative(`${root}/race-w/sub/new-${round}`, "native").then(() => "written"),
+          client.call("copy_archive_to_guest", { dir: `${root}/race-w/sub/tree-${round}`, archive_base64: archive }).then(() => "written"),
+          qgaReadAll(`${root}/race-r/etc/passwd`).then((r) => ("content" in r ? r.content : Promise.reject(new Error(r.error)))),
+          qgaReadAll(`${root}/race-w/sub/secret`).then((r) => ("content" in r ? r.content : Promise.reject(new Error(r.error)))),
+          qgaWrite(`${root}/race-w/sub/q-${round}`, "w", "qga").then((ok) => (ok ? "written" : Promise.reject(new Error("refused")))),
         ]);
         for (const attempt of attempts) {
           if (attempt.status === "fulfilled") {
@@ -338,8 +334,9 @@ for (;;) {
       if (!reply.startsWith("Error") && !reply.startsWith("AgentRpcError")) expect(["written", INSIDE]).toContain(reply);
     }
     expectOutsideUntouched();
+    expect(readdirSync(outsideRace, { recursive: true }).sort()).toEqual(["sub", join("sub", "secret")]);
+    expect(readFileSync(join(outsideRace, "sub", "secret"), "utf8")).toBe(SECRET);
     expect(readFileSync("/etc/passwd", "utf8")).toBe(etcPasswd);
-    expect(existsSync("/etc/new-0")).toBe(false);
     expect(rootLeftovers()).toEqual([]);
   }, 60_000);
 });
@@ -477,5 +474,28 @@ describe("exec allowlist bypass: argument injection", () => {
     const echoed = await client.exec({ command: "echo", args: ["-e", "a\\tb", `$(touch ${pwned})`] }, {});
     expect(text(echoed.stdout_base64)).toBe(`a\tb $(touch ${pwned})\n`); // echo's own -e, not a shell's.
     expect(existsSync(pwned)).toBe(false);
+  });
+});
+
+describe("exec allowlist bypass over QGA: guest-exec takes the same policy", () => {
+  test("relative paths, PATH and loader variables are refused; arguments reach argv verbatim", async () => {
+    const relative = await qga("guest-exec", { path: "./argv" });
+    expect(relative.error?.class).toBe("GenericError");
+    expect(relative.error.desc).toContain("relative paths are not allowed");
+    for (const variable of ["LD_PRELOAD", "PATH", "GCONV_PATH"]) {
+      const reply = await qga("guest-exec", { path: join(bin, "argv"), env: [`${variable}=${scratch}`] });
+      expect(reply.error?.class).toBe("GenericError");
+      expect(reply.error.desc).toContain(variable);
+    }
+    const args = ["--version", `$(touch ${join(scratch, "pwned")})`, "a;b", "|", ""];
+    const started = await qga("guest-exec", { path: join(bin, "argv"), arg: args, "capture-output": true });
+    let status: any;
+    await eventually(async () => {
+      status = (await qga("guest-exec-status", { pid: started.return.pid })).return;
+      return status.exited;
+    }, 20_000);
+    expect(status.exitcode).toBe(0);
+    expect(text(status["out-data"])).toBe(args.map((arg) => `[${arg}]\n`).join(""));
+    expect(existsSync(join(scratch, "pwned"))).toBe(false);
   });
 });
