@@ -167,6 +167,7 @@ function rootLeftovers(): string[] {
 // ================================================================ files
 
 describe("path traversal: '..' in every position", () => {
+  // In-process: files.test.ts "path policy" > "'..' components are refused, even when they would land inside the root".
   const paths = () => [
     `${root}/../outside/secret`,
     `${root}/sub/../../outside/secret`,
@@ -195,6 +196,7 @@ describe("path traversal: '..' in every position", () => {
 });
 
 describe("path traversal: encoded forms are taken literally, never decoded", () => {
+  // The policy never decodes anything: a name is bytes for the kernel. Only here.
   const encoded = ["%2e%2e", "..%2f", "%2e%2e%2f", "..%c0%af", "\u00c0\u00af", "\u2024\u2024", "\uff0e\uff0e", "..\\", "%252e%252e"];
 
   test("reads through them find nothing (there is no such directory), never the outside file", async () => {
@@ -222,6 +224,8 @@ describe("path traversal: encoded forms are taken literally, never decoded", () 
 });
 
 describe("symlink escapes", () => {
+  // In-process, with both resolvers: files.test.ts "path policy" > "a symlink in a parent directory that escapes the
+  // root is refused", "writes never follow a symlink at the final component", "reads follow a final symlink only ...".
   beforeAll(() => {
     symlinkSync(outside, join(root, "abs-dir")); // parent, absolute
     symlinkSync("../outside", join(root, "rel-dir")); // parent, relative
@@ -255,6 +259,7 @@ describe("symlink escapes", () => {
 });
 
 describe("hardlink escapes", () => {
+  // In-process, with both resolvers: files.test.ts "path policy" > "hardlinks: ...".
   // The rule (src/files/paths.ts refuseHardlinked): a regular file with more
   // than one link is never read or written in place, since its other name may
   // be outside the roots. Atomic writes replace the name, so they are allowed.
@@ -276,6 +281,8 @@ describe("hardlink escapes", () => {
 });
 
 describe("a symlink swapped in between check and open", () => {
+  // In-process, with both resolvers: files.test.ts "path policy" > "a racer flipping a parent ..." and "a parent swapped
+  // for a symlink to the outside during an upload ..." (deterministic: the commit lands in the directory opened at start).
   test("a racer flips directories between a real dir and symlinks to / and to an outside dir: nothing outside is ever read or written (copy, archive, QGA)", async () => {
     // race-r is a real dir or a symlink to / (only read through: race-r/etc/passwd); race-w a real dir or a
     // symlink to a scratch dir outside the root. The flipped name is never the last component: O_NOFOLLOW
@@ -342,6 +349,7 @@ describe("a symlink swapped in between check and open", () => {
 });
 
 describe("/proc/self/root and /proc/self/fd", () => {
+  // Magic links: RESOLVE_NO_MAGICLINKS beneath the root, realpath + the root check otherwise. Only here.
   test("/proc/self/root/<outside> and /proc/self/fd/N are FORBIDDEN; /proc/self/root/<root>/x is the file inside", async () => {
     for (const path of [`/proc/self/root${outside}/secret`, "/proc/self/root/etc/passwd", ...Array.from({ length: 16 }, (_, n) => `/proc/self/fd/${n}`)]) {
       expect((await refused(readNative(path), FORBIDDEN)).data).toMatchObject({ reason: "outside_allowed_paths" });
@@ -367,6 +375,7 @@ describe("/proc/self/root and /proc/self/fd", () => {
 });
 
 describe("very long paths", () => {
+  // In-process: files.test.ts "path policy" > "paths above PATH_MAX or with a component above NAME_MAX ...".
   test("above NAME_MAX, above PATH_MAX in bytes, above the schema's 4096 characters: clear errors, nothing created", async () => {
     const longName = `${root}/${"n".repeat(256)}`;
     expect((await refused(writeNative(longName), INVALID_PARAMS)).message).toContain("NAME_MAX (255)");
@@ -382,6 +391,7 @@ describe("very long paths", () => {
 });
 
 describe("NUL bytes", () => {
+  // In-process: files.test.ts "path policy" > "a NUL byte is refused"; exec.test.ts "policy refusals" > "NUL bytes in args".
   test("a NUL anywhere in the path is refused before any system call", async () => {
     for (const path of [`${root}/inside\0`, `${root}/inside\0/../../outside/secret`, `${root}\0/x`, `\0${root}/inside`]) {
       expect((await refused(readNative(path), FORBIDDEN)).data).toMatchObject({ reason: "nul_byte" });
@@ -393,6 +403,7 @@ describe("NUL bytes", () => {
 });
 
 describe("FIFOs and devices", () => {
+  // In-process: files.test.ts "path policy" > "a FIFO is refused at once ...", "a device node is refused ...".
   test("a FIFO and character devices are refused at once for reading and writing (no hang)", async () => {
     const fifo = join(root, "fifo");
     expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
@@ -416,6 +427,7 @@ describe("FIFOs and devices", () => {
 // ================================================================ exec
 
 describe("exec allowlist bypass: relative paths", () => {
+  // In-process: exec.test.ts "command resolution (pure)" > "relative paths with a slash are refused ...", "policy refusals" > "relative paths are refused".
   test("./x, x/y and ../x are refused whatever the cwd, even when they name an allowed file", async () => {
     for (const command of ["./argv", "bin/argv", "../bin/argv", "./echo"]) {
       const error = await refused(client.exec({ command, cwd: command === "../bin/argv" ? root : scratch }, {}), FORBIDDEN);
@@ -425,6 +437,7 @@ describe("exec allowlist bypass: relative paths", () => {
 });
 
 describe("exec allowlist bypass: PATH", () => {
+  // In-process: exec.test.ts "command resolution (pure)" > "a name is looked up in SAFE_PATH order, whatever PATH the agent has".
   test("names are looked up in the safe path only, never the agent's PATH, and a request may not set PATH", async () => {
     const echo = await client.exec({ command: "echo", args: ["safe"] }, {});
     expect(text(echo.stdout_base64)).toBe("safe\n"); // Not the evil-path echo first on the agent's PATH.
@@ -436,6 +449,8 @@ describe("exec allowlist bypass: PATH", () => {
 });
 
 describe("exec allowlist bypass: symlinks and copies", () => {
+  // In-process: exec.test.ts "policy refusals" > "a symlink elsewhere to a binary outside the allowlist is refused",
+  // "a symlink to an allowed binary is allowed (the same file runs)".
   // Commands are compared by real path: a symlink to an allowed binary runs
   // that same file, as the allowlisted path (argv[0] included), so nothing new
   // runs. A symlink or copy of anything else is a different real file: refused.
@@ -452,6 +467,7 @@ describe("exec allowlist bypass: symlinks and copies", () => {
 });
 
 describe("exec allowlist bypass: loader and start-up environment variables", () => {
+  // In-process: exec.test.ts "environment (pure)" > "loader, glibc, PATH, shell and interpreter start-up variables are refused ...".
   test("every LD_* and every other code-loading variable is refused, in any case, before anything runs", async () => {
     const names = ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_DEBUG", "LD_BIND_NOW", "LD_ANYTHING_NEW", "ld_preload", "Ld_Audit", ...FORBIDDEN_ENV];
     const marker = join(scratch, "ran");
@@ -464,6 +480,7 @@ describe("exec allowlist bypass: loader and start-up environment variables", () 
 });
 
 describe("exec allowlist bypass: argument injection", () => {
+  // In-process: exec.test.ts "policy refusals" > "an allowlisted script runs, with args passed as they are (no shell)".
   test("options, shell metacharacters and odd bytes reach the program verbatim, one argv entry each (no shell)", async () => {
     const pwned = join(scratch, "pwned");
     const args = ["--help", "-rf", "--", `; touch ${pwned}`, `$(touch ${pwned})`, `\`touch ${pwned}\``, "a b", "'quoted'", '"dq"', "| cat", "&& id", "*", "~", "$HOME", "line\nbreak", "", "-"];
