@@ -11,7 +11,7 @@
  * test/exec.test.ts ("command resolution", "environment", "policy refusals").
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { FORBIDDEN_ENV } from "../../src/exec/policy.ts";
@@ -514,5 +514,18 @@ describe("exec allowlist bypass over QGA: guest-exec takes the same policy", () 
     expect(status.exitcode).toBe(0);
     expect(text(status["out-data"])).toBe(args.map((arg) => `[${arg}]\n`).join(""));
     expect(existsSync(join(scratch, "pwned"))).toBe(false);
+  });
+});
+
+describe("after all the attacks", () => {
+  test("the agent holds no file descriptor into the scratch dir (every directory and file fd was closed)", () => {
+    const targets = readdirSync(`/proc/${agent.pid}/fd`).map((fd) => {
+      try {
+        return readlinkSync(`/proc/${agent.pid}/fd/${fd}`);
+      } catch {
+        return ""; // Closed meanwhile.
+      }
+    });
+    expect(targets.filter((target) => target.startsWith(scratch))).toEqual([]);
   });
 });
