@@ -4,11 +4,13 @@
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type AgentConfig } from "../src/config/schema.ts";
+import { hasOpenat2 } from "../src/files/at.ts";
 import { FileManager, maxChunkBytes } from "../src/files/file-service.ts";
+import { startFlipRacer } from "./helpers/flip-racer.ts";
 import { silentLogger } from "../src/log/logger.ts";
 import { errorCode, RpcError, type ErrorName } from "../src/protocol/errors.ts";
 import { METHODS } from "../src/schema/methods.ts";
@@ -48,11 +50,15 @@ afterEach(async () => {
   rmSync(base, { recursive: true, force: true });
 });
 
+/** How the managers made next confine opens: the path policy tests run with both. */
+let resolver: "openat2" | "realpath" = "openat2";
+
 function manager(limits: Partial<AgentConfig["limits"]> = {}): FileManager {
   const config = defaultConfig();
   config.security.allowed_file_paths = [root];
   config.limits = { ...config.limits, ...limits };
-  const files = new FileManager(config, silentLogger);
+  const files = new FileManager(config, silentLogger, { openat2: resolver === "openat2" });
+  if (hasOpenat2()) expect(files.policy.resolver).toBe(resolver); // Both ways really tested where the kernel can.
   managers.push(files);
   return files;
 }
@@ -94,7 +100,15 @@ async function spawnOk(cmd: string[], cwd?: string): Promise<void> {
 
 // ================================================================ path policy
 
-describe("path policy", () => {
+for (const mode of ["openat2", "realpath"] as const)
+describe(`path policy (${mode})`, () => {
+  beforeEach(() => {
+    resolver = mode;
+  });
+  afterEach(() => {
+    resolver = "openat2";
+  });
+
   test("a relative path is refused", async () => {
     const files = manager();
     const error = await rejects(files.copyTo(p("copy_to_guest", { path: "tmp/x", content_base64: b64("x") })), "FORBIDDEN");
@@ -248,6 +262,76 @@ describe("path policy", () => {
     await files.copyTo(p("copy_to_guest", { path: join(root, "g"), content_base64: b64("new"), overwrite: false }));
     expect(readFileSync(join(root, "g"), "utf8")).toBe("new");
     expect(leftovers()).toEqual([]);
+  });
+
+  test("a parent swapped for a symlink to the outside during an upload: the commit lands in the directory opened at start", async () => {
+    const files = manager();
+    mkdirSync(join(root, "d"));
+    const { upload_id } = await files.uploadStart(p("upload_start", { path: join(root, "d", "f") }));
+    await files.uploadChunk(p("upload_chunk", { upload_id, offset: 0, content_base64: b64("data") }));
+    renameSync(join(root, "d"), join(root, "moved"));
+    symlinkSync(outside, join(root, "d"));
+    await files.uploadCommit(p("upload_commit", { upload_id, sha256: sha("data") }));
+    expect(readFileSync(join(root, "moved", "f"), "utf8")).toBe("data");
+    expect(readdirSync(outside)).toEqual([]);
+    expect(leftovers()).toEqual([]);
+  });
+
+  test("a racer flipping a parent between a real dir and a symlink out: reads, writes and create_dirs never touch the outside", async () => {
+    const files = manager();
+    // "race" is always there: a real directory or a symlink to the outside, exchanged atomically. It is
+    // never the last component: O_NOFOLLOW alone would stop that.
+    mkdirSync(join(root, "race", "sub"), { recursive: true });
+    writeFileSync(join(root, "race", "sub", "f"), "inside");
+    mkdirSync(join(outside, "sub"));
+    writeFileSync(join(outside, "sub", "f"), "outside");
+    symlinkSync(outside, join(root, "link"));
+    const racer = startFlipRacer(root, [["race", "link"]]);
+    const contents = new Set<string>();
+    try {
+      const until = Date.now() + 1_500;
+      for (let round = 0; Date.now() < until; round++) {
+        const attempts = await Promise.allSettled([
+          ...Array.from({ length: 16 }, () =>
+            files.copyFrom(p("copy_from_guest", { path: `${root}/race/sub/f` })).then((r) => contents.add(Buffer.from(r.content_base64, "base64").toString())),
+          ),
+          files.copyTo(p("copy_to_guest", { path: `${root}/race/sub/w-${round}`, content_base64: b64("x") })),
+          files.copyTo(p("copy_to_guest", { path: `${root}/race/sub/d-${round}/e/f`, content_base64: b64("x"), create_dirs: true })),
+        ]);
+        for (const attempt of attempts) if (attempt.status === "rejected" && !(attempt.reason instanceof RpcError)) throw attempt.reason;
+      }
+    } finally {
+      racer.kill("SIGKILL");
+      await racer.exited;
+    }
+    expect([...contents].filter((content) => content !== "inside")).toEqual([]);
+    expect(readdirSync(outside, { recursive: true }).sort()).toEqual(["sub", join("sub", "f")]);
+    expect(readFileSync(join(outside, "sub", "f"), "utf8")).toBe("outside");
+    expect(leftovers()).toEqual([]);
+  }, 30_000);
+
+  test("hardlinks: a file with more than one link is never read; an atomic write replaces the name, not the linked file", async () => {
+    const files = manager();
+    writeFileSync(join(outside, "secret"), "secret");
+    linkSync(join(outside, "secret"), join(root, "link"));
+    const error = await rejects(files.copyFrom(p("copy_from_guest", { path: join(root, "link") })), "FORBIDDEN");
+    expect(error.data).toMatchObject({ reason: "hardlink" });
+    expect(error.message).not.toContain("secret\n");
+    await files.copyTo(p("copy_to_guest", { path: join(root, "link"), content_base64: b64("mine") }));
+    expect(readFileSync(join(root, "link"), "utf8")).toBe("mine");
+    expect(readFileSync(join(outside, "secret"), "utf8")).toBe("secret");
+    expect(statSync(join(outside, "secret")).nlink).toBe(1);
+  });
+
+  test("paths above PATH_MAX or with a component above NAME_MAX are INVALID_PARAMS naming the limit", async () => {
+    const files = manager();
+    const longName = await rejects(files.copyTo(p("copy_to_guest", { path: join(root, "n".repeat(256)), content_base64: b64("x") })), "INVALID_PARAMS");
+    expect(longName.message).toContain("NAME_MAX (255)");
+    // Under the schema's 4096 characters, above 4095 bytes: two-byte characters.
+    const deep = join(root, ...Array.from({ length: 30 }, () => "é".repeat(70)));
+    const longPath = await rejects(files.copyFrom(p("copy_from_guest", { path: deep })), "INVALID_PARAMS");
+    expect(longPath.message).toContain("PATH_MAX (4095)");
+    expect(readdirSync(root)).toEqual([]);
   });
 
   test("overwrite: false also holds when the file appears during an upload", async () => {

@@ -6,15 +6,16 @@
  * anything changes; a failure at any point removes the staging directory.
  */
 import { randomBytes } from "node:crypto";
-import { promises as fsp, type Stats } from "node:fs";
+import { closeSync, fchmodSync, fchownSync, promises as fsp, type Stats } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { posix } from "node:path";
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { RpcError } from "../protocol/errors.ts";
 import type { Result } from "../schema/methods.ts";
-import { errnoOf, exchangePaths, fsyncDir, ignoreErrors, O_CLOEXEC, O_CREAT, O_EXCL, O_NOFOLLOW, O_WRONLY, osError, renameNoReplace } from "./fsx.ts";
-import type { PathPolicy } from "./paths.ts";
+import { lstatAt, mkdirat, openat, renameat2, unlinkat } from "./at.ts";
+import { errnoOf, exchangeAt, fsyncDir, fsyncFd, ignoreErrors, O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_RDONLY, O_WRONLY, osError, renameNoReplaceAt } from "./fsx.ts";
+import { fdPath, type OpenedParent, type PathPolicy } from "./paths.ts";
 import { TarFormatError, TarReader, type TarEntry } from "./tar.ts";
 
 /** Entries (and metadata headers) per archive. */
@@ -43,53 +44,76 @@ export async function unpackArchive(
   source: ArchiveSource,
   limits: UnpackLimits,
 ): Promise<Result<"copy_archive_to_guest">> {
-  const parent = await policy.resolveParent(dirParam.replace(/\/+$/, "") || dirParam);
-  const dir = parent.path;
-  let old: Stats | null = null;
+  const parent = await policy.openParent(dirParam.replace(/\/+$/, "") || dirParam);
   try {
-    old = await fsp.lstat(dir);
+    return await unpackBeside(parent, dirParam, source, limits);
+  } finally {
+    closeSync(parent.fd);
+  }
+}
+
+/**
+ * Everything relative to the parent's directory fd: the staging directory is
+ * made with mkdirat, filled through its own fd's /proc/self/fd path (pinned to
+ * that directory whatever happens to the names above it) and swapped in with
+ * renameat2 on the parent fd.
+ */
+async function unpackBeside(parent: OpenedParent, dirParam: string, source: ArchiveSource, limits: UnpackLimits): Promise<Result<"copy_archive_to_guest">> {
+  const dir = parent.path;
+  let old: Stats | null;
+  try {
+    old = lstatAt(parent.fd, parent.name);
   } catch (error) {
-    if (errnoOf(error) !== "ENOENT") throw osError(error, "cannot stat the destination", dirParam);
+    throw osError(error, "cannot stat the destination", dirParam);
   }
   if (old?.isSymbolicLink()) throw new RpcError("FORBIDDEN", `'${dirParam}' is a symlink; refusing to replace it`, { path: dirParam, reason: "symlink" });
   if (old && !old.isDirectory()) throw new RpcError("FORBIDDEN", `'${dirParam}' exists and is not a directory`, { path: dirParam, reason: "not_a_directory" });
 
-  const staging = posix.join(parent.dir, `.${parent.name.slice(0, 40)}.kma-stage-${randomBytes(8).toString("hex")}`);
+  const stagingName = `.${parent.name.slice(0, 40)}.kma-stage-${randomBytes(8).toString("hex")}`;
+  let stagingFd: number;
   try {
-    await fsp.mkdir(staging, { mode: 0o700 });
+    mkdirat(parent.fd, stagingName, 0o700);
   } catch (error) {
-    throw osError(error, "cannot create the staging directory", staging);
+    throw osError(error, "cannot create the staging directory", posix.join(parent.dir, stagingName));
   }
+  try {
+    stagingFd = openat(parent.fd, stagingName, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  } catch (error) {
+    await ignoreErrors(async () => unlinkat(parent.fd, stagingName, true));
+    throw osError(error, "cannot create the staging directory", posix.join(parent.dir, stagingName));
+  }
+  const parentPath = pinnedPath(parent.fd) ?? parent.dir;
+  const removeStaging = () => ignoreErrors(() => fsp.rm(posix.join(parentPath, stagingName), { recursive: true, force: true }));
   let swapped = false;
   try {
-    const stats = await extractInto(staging, source, limits);
+    const stats = await extractInto(pinnedPath(stagingFd) ?? posix.join(parent.dir, stagingName), source, limits);
     // The staging dir becomes the directory: give it the old one's owner and mode (new: root, 0755).
-    if (old) await fsp.chown(staging, old.uid, old.gid);
-    await fsp.chmod(staging, old ? old.mode & 0o7777 : 0o755);
+    if (old) fchownSync(stagingFd, old.uid, old.gid);
+    fchmodSync(stagingFd, old ? old.mode & 0o7777 : 0o755);
     let replaced = false;
     if (old) {
-      if (await exchangePaths(staging, dir)) {
+      if (exchangeAt(parent.fd, stagingName, parent.name)) {
         replaced = true;
       } else {
         // No RENAME_EXCHANGE (old kernel or filesystem): two renames, with a short window without `dir`.
-        const aside = `${staging}.old`;
-        await fsp.rename(dir, aside);
+        const aside = `${stagingName}.old`;
+        renameat2(parent.fd, parent.name, parent.fd, aside, 0);
         try {
-          await fsp.rename(staging, dir);
+          renameat2(parent.fd, stagingName, parent.fd, parent.name, 0);
         } catch (error) {
-          await ignoreErrors(() => fsp.rename(aside, dir));
+          await ignoreErrors(async () => renameat2(parent.fd, aside, parent.fd, parent.name, 0));
           throw error;
         }
-        await fsp.rename(aside, staging);
+        renameat2(parent.fd, aside, parent.fd, stagingName, 0);
         replaced = true;
       }
     } else {
-      await renameNoReplace(staging, dir, true);
+      renameNoReplaceAt(parent.fd, stagingName, parent.name, true);
     }
     swapped = true;
-    await fsyncDir(parent.dir);
+    await fsyncFd(parent.fd);
     // After an exchange the staging name holds the old tree; without one it no longer exists.
-    if (replaced) await fsp.rm(staging, { recursive: true, force: true });
+    if (replaced) await fsp.rm(posix.join(parentPath, stagingName), { recursive: true, force: true });
     return { dir, files: stats.files, directories: stats.directories, bytes: stats.bytes, replaced };
   } catch (error) {
     if (error instanceof RpcError) throw error;
@@ -98,8 +122,14 @@ export async function unpackArchive(
     }
     throw osError(error, "cannot unpack the archive", dirParam);
   } finally {
-    if (!swapped) await ignoreErrors(() => fsp.rm(staging, { recursive: true, force: true }));
+    closeSync(stagingFd);
+    if (!swapped) await removeStaging();
   }
+}
+
+/** /proc/self/fd/N: the directory `fd` is open on, whatever its names became; null without /proc. */
+function pinnedPath(fd: number): string | null {
+  return fdPath(fd) === null ? null : `/proc/self/fd/${fd}`;
 }
 
 /** Why an entry is refused, or null when it is safe; `parts` gets its normalised components. */

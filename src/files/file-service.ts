@@ -3,14 +3,15 @@
  * copy_archive_to_guest, confined to allowed_file_paths (see paths.ts).
  *
  * Writes are atomic: a temp file (O_CREAT|O_EXCL|O_NOFOLLOW) in the target's
- * directory, written, fsync'ed, renamed over the target, directory fsync'ed.
+ * directory, written, fsync'ed, renamed over the target, directory fsync'ed —
+ * all relative to the parent's directory fd, opened under the root once
+ * (paths.ts), so a parent swapped for a symlink meanwhile changes nothing.
  * Every error path removes the temp file. Uploads stream to their temp file
  * chunk by chunk with an incremental SHA-256, so memory stays bounded by one
  * chunk whatever the file size.
  */
 import { createHash, randomBytes, type Hash } from "node:crypto";
-import { promises as fsp, type Stats } from "node:fs";
-import type { FileHandle } from "node:fs/promises";
+import { closeSync, promises as fsp, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import { posix } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
@@ -19,8 +20,9 @@ import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { FileService } from "../services.ts";
 import { unpackArchive } from "./archive.ts";
-import { fsyncDir, ignoreErrors, O_CLOEXEC, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, renameNoReplace } from "./fsx.ts";
-import { PathPolicy } from "./paths.ts";
+import { AT_FDCWD, lstatAt, openat, renameat2, unlinkat } from "./at.ts";
+import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, renameNoReplaceAt } from "./fsx.ts";
+import { PathPolicy, refuseHardlinked } from "./paths.ts";
 
 /** Bytes kept free in a frame for the JSON envelope around a base64 payload. */
 export const FRAME_HEADROOM_BYTES = 1024;
@@ -35,6 +37,7 @@ export function maxChunkBytes(maxFrameBytes: number, copyChunkBytes: number): nu
 }
 
 const DEFAULT_FILE_MODE = 0o644;
+const STAGED_ARCHIVE = "archive.tar.gz";
 
 /**
  * Every chunk leaves a few copies of itself behind (frame, JSON text, base64
@@ -54,6 +57,9 @@ const GC_EVERY_BYTES = 8 * 1024 * 1024;
 const READ_BUFFERS_KEPT = 1;
 
 interface WriteTarget {
+  /** The parent directory, opened under the root; closed by releaseTarget. */
+  dirFd: number;
+  dirClosed?: boolean;
   /** Real parent directory. */
   dir: string;
   name: string;
@@ -67,8 +73,10 @@ interface WriteTarget {
 }
 
 interface TempFile {
-  handle: FileHandle;
-  path: string;
+  handle: FdHandle;
+  /** The directory fd the temp file's name is relative to (AT_FDCWD for a staged archive). */
+  dirFd: number;
+  name: string;
   /** Set once the handle is closed, so cleanup never closes it twice. */
   closed?: boolean;
 }
@@ -96,11 +104,13 @@ export class FileManager implements FileService {
   private bytesSinceGc = 0;
   private readonly readBuffers: Buffer[] = [];
 
+  /** `policyOptions` lets tests force the realpath fallback (see PathPolicy). */
   constructor(
     private readonly config: AgentConfig,
     private readonly logger: Logger,
+    policyOptions: { openat2?: boolean } = {},
   ) {
-    this.policy = new PathPolicy(config.security.allowed_file_paths, logger);
+    this.policy = new PathPolicy(config.security.allowed_file_paths, logger, policyOptions);
     this.chunkBytes = maxChunkBytes(config.limits.max_frame_bytes, config.limits.copy_chunk_bytes);
   }
 
@@ -110,13 +120,17 @@ export class FileManager implements FileService {
     const content = Buffer.from(params.content_base64, "base64");
     if (content.length > this.config.limits.upload_max_bytes) throw this.uploadTooLarge();
     const target = await this.prepareWrite(params.path, params);
-    const temp = await this.openTemp(target);
     try {
-      await writeAll(temp.handle, content, 0);
-      await this.finishWrite(target, temp);
-    } catch (error) {
-      await discardTemp(temp);
-      throw osError(error, `cannot write '${params.path}'`, params.path);
+      const temp = this.openTemp(target);
+      try {
+        await writeAll(temp.handle, content, 0);
+        await this.finishWrite(target, temp);
+      } catch (error) {
+        await discardTemp(temp);
+        throw osError(error, `cannot write '${params.path}'`, params.path);
+      }
+    } finally {
+      releaseTarget(target);
     }
     const sha256 = createHash("sha256").update(content).digest("hex");
     this.logger.info("file written", { path: target.path, bytes: content.length });
@@ -128,19 +142,12 @@ export class FileManager implements FileService {
     if (length > this.chunkBytes) {
       throw new RpcError("TOO_LARGE", `length ${length} is above the largest chunk (${this.chunkBytes} bytes); read in chunks`, { limit: this.chunkBytes });
     }
-    const { path, stat: seen } = await this.policy.resolveExisting(params.path);
-    if (!seen.isFile()) throw notRegular(params.path, seen);
-    let handle: FileHandle;
-    try {
-      // O_NONBLOCK: a FIFO swapped in after the lstat cannot make open() hang; fstat below refuses it.
-      handle = await fsp.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    } catch (error) {
-      throw osError(error, `cannot open '${params.path}'`, params.path);
-    }
+    // O_NONBLOCK: a FIFO cannot make open() hang; fstat below refuses it.
+    const handle = new FdHandle((await this.policy.open(params.path, O_RDONLY | O_NONBLOCK, 0, true)).fd);
     try {
       const stat = await handle.stat();
       if (!stat.isFile()) throw notRegular(params.path, stat);
-      await this.policy.checkFd(handle.fd, params.path);
+      refuseHardlinked(params.path, stat);
       const size = stat.size;
       const want = Math.max(0, Math.min(length, size - params.offset));
       const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
@@ -185,13 +192,18 @@ export class FileManager implements FileService {
     let temp: TempFile;
     if (params.path !== undefined) {
       target = await this.prepareWrite(params.path, params);
-      temp = await this.openTemp(target);
+      try {
+        temp = this.openTemp(target);
+      } catch (error) {
+        releaseTarget(target);
+        throw error;
+      }
     } else {
       // A private (0700) directory outside the destination: the archive is only data until unpacked.
       try {
         stageDir = await fsp.mkdtemp(posix.join(tmpdir(), "kma-upload-"));
-        const path = posix.join(stageDir, "archive.tar.gz");
-        temp = { path, handle: await fsp.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) };
+        const name = posix.join(stageDir, STAGED_ARCHIVE);
+        temp = { dirFd: AT_FDCWD, name, handle: new FdHandle(openat(AT_FDCWD, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)) };
       } catch (error) {
         if (stageDir) await ignoreErrors(() => fsp.rm(stageDir!, { recursive: true, force: true }));
         throw osError(error, "cannot stage the archive upload");
@@ -199,7 +211,7 @@ export class FileManager implements FileService {
     }
     // Checked again: another start may have finished while this one awaited.
     if (this.uploads.size >= this.config.limits.upload_max_open) {
-      await this.removeStaged({ temp, stageDir });
+      await this.removeStaged({ target, temp, stageDir });
       throw new RpcError("TOO_LARGE", `Too many open uploads (upload_max_open = ${this.config.limits.upload_max_open})`, {
         limit: this.config.limits.upload_max_open,
       });
@@ -281,6 +293,8 @@ export class FileManager implements FileService {
       } catch (error) {
         await discardTemp(upload.temp);
         throw osError(error, `cannot write '${upload.target.path}'`, upload.target.path);
+      } finally {
+        releaseTarget(upload.target);
       }
       this.logger.info("upload committed", { upload_id: upload.id, path: upload.target.path, bytes: upload.received });
       return { upload_id: upload.id, path: upload.target.path, bytes: upload.received, sha256: actual };
@@ -312,7 +326,7 @@ export class FileManager implements FileService {
       }
       // Consumed by this call, whatever its outcome.
       try {
-        return await unpackArchive(this.policy, params.dir, { file: upload.temp.path }, limits);
+        return await unpackArchive(this.policy, params.dir, { file: upload.temp.name }, limits);
       } finally {
         await this.drop(upload, "consumed");
       }
@@ -347,19 +361,21 @@ export class FileManager implements FileService {
     path: string,
     options: { mode?: number; create_dirs: boolean; overwrite: boolean },
   ): Promise<WriteTarget> {
-    const parent = await this.policy.resolveParent(path, options.create_dirs);
-    let existing: Stats | null = null;
+    const parent = await this.policy.openParent(path, options.create_dirs);
+    let existing: Stats | null;
     try {
-      existing = await fsp.lstat(parent.path);
+      existing = lstatAt(parent.fd, parent.name);
+      if (existing) {
+        if (existing.isSymbolicLink()) throw new RpcError("FORBIDDEN", `'${path}' is a symlink; writes never follow one`, { path, reason: "symlink" });
+        if (!existing.isFile()) throw notRegular(path, existing);
+        if (!options.overwrite) throw new RpcError("FORBIDDEN", `'${path}' exists and overwrite is false`, { path, reason: "exists" });
+      }
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw osError(error, `cannot stat '${path}'`, path);
-    }
-    if (existing) {
-      if (existing.isSymbolicLink()) throw new RpcError("FORBIDDEN", `'${path}' is a symlink; writes never follow one`, { path, reason: "symlink" });
-      if (!existing.isFile()) throw notRegular(path, existing);
-      if (!options.overwrite) throw new RpcError("FORBIDDEN", `'${path}' exists and overwrite is false`, { path, reason: "exists" });
+      closeSync(parent.fd);
+      throw osError(error, `cannot stat '${path}'`, path);
     }
     return {
+      dirFd: parent.fd,
       dir: parent.dir,
       name: parent.name,
       path: parent.path,
@@ -369,25 +385,15 @@ export class FileManager implements FileService {
     };
   }
 
-  private async openTemp(target: WriteTarget): Promise<TempFile> {
+  private openTemp(target: WriteTarget): TempFile {
     for (let attempt = 0; ; attempt++) {
-      const path = posix.join(target.dir, `.${target.name.slice(0, 40)}.kma-${randomBytes(8).toString("hex")}.tmp`);
-      let handle: FileHandle;
+      const name = `.${target.name.slice(0, 40)}.kma-${randomBytes(8).toString("hex")}.tmp`;
       try {
-        handle = await fsp.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600);
+        return { dirFd: target.dirFd, name, handle: new FdHandle(openat(target.dirFd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600)) };
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === "EEXIST" && attempt < 5) continue;
+        if (errnoOf(error) === "EEXIST" && attempt < 5) continue;
         throw osError(error, `cannot create a temp file next to '${target.path}'`, target.path);
       }
-      const temp = { handle, path };
-      try {
-        await this.policy.checkFd(handle.fd, target.path);
-      } catch (error) {
-        // The directory moved out of the roots under us: the temp is outside, close it and leave it.
-        await ignoreErrors(() => closeTemp(temp));
-        throw error;
-      }
-      return temp;
     }
   }
 
@@ -398,18 +404,18 @@ export class FileManager implements FileService {
     await temp.handle.chmod(target.mode);
     await closeTemp(temp);
     if (target.overwrite) {
-      await fsp.rename(temp.path, target.path);
+      renameat2(target.dirFd, temp.name, target.dirFd, target.name, 0);
     } else {
       try {
-        await renameNoReplace(temp.path, target.path, false);
+        renameNoReplaceAt(target.dirFd, temp.name, target.name, false);
       } catch (error) {
-        if ((error as NodeJS.ErrnoException).code === "EEXIST") {
+        if (errnoOf(error) === "EEXIST") {
           throw new RpcError("FORBIDDEN", `'${target.path}' exists and overwrite is false`, { path: target.path, reason: "exists" });
         }
         throw error;
       }
     }
-    await fsyncDir(target.dir);
+    await fsyncFd(target.dirFd);
   }
 
   private withUpload<T>(id: string, work: (upload: Upload) => Promise<T>): Promise<T> {
@@ -454,14 +460,15 @@ export class FileManager implements FileService {
     this.logger.debug("upload dropped", { upload_id: upload.id, reason: why });
   }
 
-  private async removeStaged(upload: { temp: TempFile; stageDir: string | null }): Promise<void> {
+  private async removeStaged(upload: { target: WriteTarget | null; temp: TempFile; stageDir: string | null }): Promise<void> {
     await discardTemp(upload.temp);
+    if (upload.target) releaseTarget(upload.target);
     const stageDir = upload.stageDir;
     if (stageDir) await ignoreErrors(() => fsp.rm(stageDir, { recursive: true, force: true }));
   }
 }
 
-async function writeAll(handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+async function writeAll(handle: FdHandle, bytes: Uint8Array, position: number): Promise<void> {
   let at = 0;
   while (at < bytes.length) {
     const { bytesWritten } = await handle.write(bytes, at, bytes.length - at, position + at);
@@ -478,7 +485,13 @@ async function closeTemp(temp: TempFile): Promise<void> {
 /** Close (if still open) and unlink a temp file; never throws. */
 async function discardTemp(temp: TempFile): Promise<void> {
   await ignoreErrors(() => closeTemp(temp));
-  await ignoreErrors(() => fsp.unlink(temp.path));
+  await ignoreErrors(async () => unlinkat(temp.dirFd, temp.name));
+}
+
+function releaseTarget(target: WriteTarget): void {
+  if (target.dirClosed) return;
+  target.dirClosed = true;
+  closeSync(target.dirFd);
 }
 
 function notRegular(path: string, stat: Stats): RpcError {

@@ -1,10 +1,12 @@
 /**
  * Low-level file helpers for the file service: OS errors mapped to RpcErrors,
- * open flags, directory fsync and renameat2 (RENAME_EXCHANGE / RENAME_NOREPLACE)
- * through bun:ffi, since node:fs has neither.
+ * open flags, an async handle over a raw fd, directory fsync and renames in a
+ * directory fd with RENAME_EXCHANGE / RENAME_NOREPLACE (renameat2 from at.ts).
  */
-import { constants, promises as fsp } from "node:fs";
+import { close, constants, fchmod, fchown, fstat, fsync, promises as fsp, read, write, type Stats } from "node:fs";
+import { promisify } from "node:util";
 import { RpcError } from "../protocol/errors.ts";
+import { errnoException, linkat, lstatAt, O_CLOEXEC, RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, unlinkat } from "./at.ts";
 
 export const O_RDONLY = constants.O_RDONLY;
 export const O_WRONLY = constants.O_WRONLY;
@@ -14,8 +16,7 @@ export const O_TRUNC = constants.O_TRUNC;
 export const O_NOFOLLOW = constants.O_NOFOLLOW ?? 0o400000;
 export const O_NONBLOCK = constants.O_NONBLOCK ?? 0o4000;
 export const O_DIRECTORY = constants.O_DIRECTORY ?? 0o200000;
-/** Not exported by Bun's constants; Linux value. Keeps our fds out of children that exec spawns. */
-export const O_CLOEXEC = (constants as Record<string, number>).O_CLOEXEC ?? 0o2000000;
+export { O_CLOEXEC };
 
 export function errnoOf(error: unknown): string | undefined {
   const code = (error as NodeJS.ErrnoException | null)?.code;
@@ -32,6 +33,16 @@ export function osError(error: unknown, what: string, path?: string): RpcError {
   return new RpcError("OPERATION_FAILED", `${what}: ${message}`, { errno: errno ?? null, path });
 }
 
+/** fsync an open directory, so a rename in it survives a crash. */
+export async function fsyncFd(fd: number): Promise<void> {
+  try {
+    await new FdHandle(fd).sync();
+  } catch (error) {
+    // Some filesystems refuse fsync on directories; the rename itself is done.
+    if (errnoOf(error) !== "EINVAL") throw error;
+  }
+}
+
 /** fsync a directory, so a rename in it survives a crash. */
 export async function fsyncDir(dir: string): Promise<void> {
   const handle = await fsp.open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -45,6 +56,52 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * The part of node's FileHandle the file services use, over an fd that
+ * openat/openat2 returned (node cannot wrap a raw fd in a FileHandle).
+ */
+export class FdHandle {
+  private static readonly ops = {
+    read: promisify(read),
+    write: promisify(write),
+    fsync: promisify(fsync),
+    fchown: promisify(fchown),
+    fchmod: promisify(fchmod),
+    fstat: promisify(fstat),
+    close: promisify(close),
+  };
+
+  constructor(readonly fd: number) {}
+
+  read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number }> {
+    return FdHandle.ops.read(this.fd, buffer, offset, length, position);
+  }
+
+  write(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesWritten: number }> {
+    return FdHandle.ops.write(this.fd, buffer, offset, length, position);
+  }
+
+  sync(): Promise<void> {
+    return FdHandle.ops.fsync(this.fd);
+  }
+
+  chown(uid: number, gid: number): Promise<void> {
+    return FdHandle.ops.fchown(this.fd, uid, gid);
+  }
+
+  chmod(mode: number): Promise<void> {
+    return FdHandle.ops.fchmod(this.fd, mode);
+  }
+
+  stat(): Promise<Stats> {
+    return FdHandle.ops.fstat(this.fd);
+  }
+
+  close(): Promise<void> {
+    return FdHandle.ops.close(this.fd);
+  }
+}
+
 export async function ignoreErrors(work: () => Promise<unknown>): Promise<void> {
   try {
     await work();
@@ -53,89 +110,37 @@ export async function ignoreErrors(work: () => Promise<unknown>): Promise<void> 
   }
 }
 
-// ---------------------------------------------------------------- renameat2
-
-const AT_FDCWD = -100;
-const RENAME_NOREPLACE = 1;
-const RENAME_EXCHANGE = 2;
-
-const ERRNO_NAMES: Record<number, string> = {
-  1: "EPERM", 2: "ENOENT", 13: "EACCES", 16: "EBUSY", 17: "EEXIST", 18: "EXDEV", 20: "ENOTDIR", 21: "EISDIR",
-  22: "EINVAL", 28: "ENOSPC", 30: "EROFS", 36: "ENAMETOOLONG", 38: "ENOSYS", 39: "ENOTEMPTY", 40: "ELOOP",
-};
-
-interface Renameat2 {
-  call(from: string, to: string, flags: number): number;
-}
-
-let renameat2Lib: Renameat2 | null | undefined;
-
-async function loadRenameat2(): Promise<Renameat2 | null> {
-  if (renameat2Lib !== undefined) return renameat2Lib;
-  try {
-    const { dlopen, FFIType, read } = await import("bun:ffi");
-    const lib = dlopen("libc.so.6", {
-      renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-      __errno_location: { args: [], returns: FFIType.ptr },
-    });
-    const cString = (s: string) => Buffer.from(`${s}\0`, "utf8");
-    renameat2Lib = {
-      call(from, to, flags) {
-        const rc = lib.symbols.renameat2(AT_FDCWD, cString(from), AT_FDCWD, cString(to), flags);
-        if (rc === 0) return 0;
-        const where = lib.symbols.__errno_location();
-        return where ? read.i32(where, 0) : 22;
-      },
-    };
-  } catch {
-    renameat2Lib = null; // Not glibc, or no renameat2: callers fall back.
-  }
-  return renameat2Lib;
-}
-
-function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
-  const name = ERRNO_NAMES[errno] ?? `errno ${errno}`;
-  const error = new Error(`${name}: ${syscall} '${path}'`) as NodeJS.ErrnoException;
-  error.code = name;
-  error.errno = errno;
-  return error;
-}
+// ---------------------------------------------------------------- renames in a directory fd
 
 /**
- * rename that fails with EEXIST when `to` exists. renameat2(RENAME_NOREPLACE)
- * where the kernel and filesystem have it; else link+unlink for files (also
- * atomic against a concurrent creator) or check-then-rename for directories.
+ * rename within the directory `dirFd` that fails with EEXIST when `to`
+ * exists: RENAME_NOREPLACE where the kernel and filesystem have it; else
+ * link + unlink for files (as atomic against a concurrent creator), or
+ * check-then-rename for directories.
  */
-export async function renameNoReplace(from: string, to: string, isDirectory: boolean): Promise<void> {
-  const lib = await loadRenameat2();
-  if (lib) {
-    const errno = lib.call(from, to, RENAME_NOREPLACE);
-    if (errno === 0) return;
-    if (errno !== 22 && errno !== 38) throw errnoError(errno, "renameat2", to);
+export function renameNoReplaceAt(dirFd: number, from: string, to: string, isDirectory: boolean): void {
+  try {
+    renameat2(dirFd, from, dirFd, to, RENAME_NOREPLACE);
+    return;
+  } catch (error) {
+    if (errnoOf(error) !== "EINVAL" && errnoOf(error) !== "ENOSYS") throw error;
   }
   if (!isDirectory) {
-    await fsp.link(from, to);
-    await fsp.unlink(from);
+    linkat(dirFd, from, dirFd, to);
+    unlinkat(dirFd, from);
     return;
   }
-  try {
-    await fsp.lstat(to);
-    throw errnoError(17, "rename", to);
-  } catch (error) {
-    if (errnoOf(error) !== "ENOENT") throw error;
-  }
-  await fsp.rename(from, to);
+  if (lstatAt(dirFd, to)) throw errnoException(17, "rename", to);
+  renameat2(dirFd, from, dirFd, to, 0);
 }
 
-/**
- * Atomically swap two paths (RENAME_EXCHANGE). Returns false where the kernel
- * or filesystem cannot, so the caller can fall back.
- */
-export async function exchangePaths(a: string, b: string): Promise<boolean> {
-  const lib = await loadRenameat2();
-  if (!lib) return false;
-  const errno = lib.call(a, b, RENAME_EXCHANGE);
-  if (errno === 0) return true;
-  if (errno === 22 || errno === 38) return false;
-  throw errnoError(errno, "renameat2", b);
+/** Atomically swap two names in `dirFd` (RENAME_EXCHANGE); false where the kernel or filesystem cannot. */
+export function exchangeAt(dirFd: number, a: string, b: string): boolean {
+  try {
+    renameat2(dirFd, a, dirFd, b, RENAME_EXCHANGE);
+    return true;
+  } catch (error) {
+    if (errnoOf(error) === "EINVAL" || errnoOf(error) === "ENOSYS") return false;
+    throw error;
+  }
 }

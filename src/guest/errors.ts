@@ -42,6 +42,8 @@ export const STRERROR: Record<string, string> = {
   EBUSY: "Device or resource busy",
   ENODEV: "No such device",
   ENOMEM: "Cannot allocate memory",
+  ENAMETOOLONG: "File name too long",
+  ENXIO: "No such device or address",
 };
 
 /** strerror(3) of an errno name ("EPERM"), the name itself where the table lacks it. */

@@ -1,14 +1,16 @@
 /**
  * guest-file-open/read/write/seek/flush/close: qemu-ga's handle API, under
  * the agent's file policy — paths confined to allowed_file_paths (symlinks
- * resolved, no symlink followed at the last component), regular files only
- * (a FIFO or device is refused, never waited on). Handles count up from 1000
+ * resolved, no symlink followed at the last component by a mode that
+ * creates), regular files with one link only (a FIFO or device is refused,
+ * never waited on; see refuseHardlinked). Handles count up from 1000
  * and the counter is kept in the state dir, so a handle is never reused, not
  * even across restarts — as qemu-ga does (its qga.state, same format).
  */
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, ftruncateSync, mkdirSync, readFileSync, readSync, renameSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import type { PathPolicy } from "../files/paths.ts";
+import { errnoOf } from "../files/fsx.ts";
+import { refuseHardlinked, type PathPolicy } from "../files/paths.ts";
 import { RpcError } from "../protocol/errors.ts";
 import { decodeQemuBase64 } from "./base64.ts";
 import { STRERROR, strerror } from "../guest/errors.ts";
@@ -74,25 +76,23 @@ export class QgaFiles {
     if (!spec) throw genericError(`invalid file open mode '${mode}'`);
     if (this.files.size >= this.maxOpen) throw genericError(`too many open files: [limits] qga_max_open_files is ${this.maxOpen}`);
     const failed = (reason: string) => genericError(`failed to open file '${path}' (mode: '${mode}'): ${reason}`);
-    let target: string;
+    let fd: number;
     try {
-      target = spec.create ? (await this.policy.resolveParent(path)).path : (await this.policy.resolveExisting(path)).path;
+      // Modes that create never follow a symlink at the last component; O_NONBLOCK: a FIFO cannot hang open().
+      // O_TRUNC waits for the checks below, so a refused file is never truncated.
+      fd = (await this.policy.open(path, (spec.flags & ~constants.O_TRUNC) | constants.O_NONBLOCK, 0o600, !spec.create)).fd;
     } catch (error) {
       throw failed(reasonOf(error));
     }
-    let fd: number;
     try {
-      // O_NOFOLLOW: never a symlink at the last component; O_NONBLOCK: a FIFO swapped in cannot hang open().
-      fd = openSync(target, spec.flags | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
-    } catch (error) {
-      throw failed(strerror(error));
-    }
-    try {
-      if (!fstatSync(fd).isFile()) throw failed("not a regular file");
-      await this.policy.checkFd(fd, path);
+      const stat = fstatSync(fd);
+      if (!stat.isFile()) throw failed("not a regular file");
+      refuseHardlinked(path, stat);
+      if (spec.flags & constants.O_TRUNC) ftruncateSync(fd, 0);
     } catch (error) {
       closeSync(fd);
-      throw error instanceof RpcError ? failed(reasonOf(error)) : error;
+      if (error instanceof RpcError) throw failed(reasonOf(error));
+      throw errnoOf(error) ? failed(strerror(error)) : error;
     }
     const handle = this.nextHandle++;
     this.persistCounter();

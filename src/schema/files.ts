@@ -16,7 +16,7 @@ export const FILE_METHODS = {
     result: z.strictObject({ path: z.string(), bytes: z.number().int(), sha256: sha256Hex }),
   },
   copy_from_guest: {
-    summary: "Read a regular file, or a chunk of it, from under allowed_file_paths.",
+    summary: "Read a regular file (one with a single hard link), or a chunk of it, from under allowed_file_paths.",
     params: z.strictObject({
       path: guestPath,
       offset: z.number().int().min(0).default(0),

@@ -1,6 +1,7 @@
 /**
  * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll,
- * termios), opened once on first use through bun:ffi.
+ * termios, the directory-fd *at calls and the openat2 syscall), opened once on
+ * first use through bun:ffi.
  */
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
 import { constants } from "node:os";
@@ -24,6 +25,12 @@ function open() {
     tcflush: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     cfmakeraw: { args: [FFIType.ptr], returns: FFIType.void },
     cfsetspeed: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    syscall: { args: [FFIType.i64, FFIType.i64, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i64 },
+    openat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.u32], returns: FFIType.i32 },
+    mkdirat: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    renameat2: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    linkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+    unlinkat: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     __errno_location: { args: [], returns: FFIType.ptr },
   }).symbols;
 }
