@@ -305,6 +305,14 @@ export function connectClient(agent: AgentProcess, timeoutMs = 10_000): Promise<
 
 const utf8 = new TextDecoder();
 
+/** Every reply frame in a byte stream (resync echoes skipped), JSON-parsed. */
+export function decodeFrames(bytes: Uint8Array): any[] {
+  const replies: any[] = [];
+  const decoder = new FrameDecoder({ onFrame: (payload) => replies.push(JSON.parse(utf8.decode(payload))), onOversizedFrame() {}, onSync() {} });
+  decoder.push(bytes);
+  return replies;
+}
+
 /** Build a frame: header = payload length (or `declaredLength` to lie on purpose). */
 export function frame(payload: string | Uint8Array | object, declaredLength?: number): Uint8Array {
   const bytes = typeof payload === "string" || payload instanceof Uint8Array ? payload : JSON.stringify(payload);
