@@ -9,13 +9,12 @@
  *    its controlling terminal and get SIGHUP when it hangs up, so it is not used;
  *  - when a pty's master closes, the stream ends (EIO/POLLHUP on the slave).
  */
-import { closeSync, constants, openSync, writeSync } from "node:fs";
+import { closeSync, constants, openSync } from "node:fs";
+import { NonBlockingCharDevice } from "../char-device.ts";
 import type { SerialLine } from "./isa-serial.ts";
 import { configureSerialLine } from "./termios.ts";
 
-export class LinuxSerialLine implements SerialLine {
-  private constructor(private readonly fd: number) {}
-
+export class LinuxSerialLine extends NonBlockingCharDevice implements SerialLine {
   static open(path: string): LinuxSerialLine {
     const fd = openSync(path, constants.O_RDWR | constants.O_NOCTTY | constants.O_NONBLOCK);
     try {
@@ -25,26 +24,5 @@ export class LinuxSerialLine implements SerialLine {
       throw error;
     }
     return new LinuxSerialLine(fd);
-  }
-
-  readStream(): ReadableStream<Uint8Array> {
-    return Bun.file(this.fd).stream();
-  }
-
-  writeSome(bytes: Uint8Array): number {
-    try {
-      return writeSync(this.fd, bytes);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "EAGAIN") return 0;
-      throw error;
-    }
-  }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      // Already gone with the device.
-    }
   }
 }

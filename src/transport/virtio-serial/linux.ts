@@ -12,9 +12,10 @@
  *  - after a hot-unplug poll() still reports POLLHUP, but read() fails with
  *    ENODEV: that is how a removed port is told from an absent host.
  */
-import { closeSync, constants, openSync, readSync, writeSync } from "node:fs";
+import { constants, openSync, readSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, libc, LibcError } from "../../platform/linux/libc.ts";
+import { NonBlockingCharDevice } from "../char-device.ts";
 import type { PortDevice } from "./virtio-serial.ts";
 
 const F_GETFL = 3;
@@ -42,10 +43,9 @@ function installSigioHandler(): void {
   });
 }
 
-export class LinuxPortDevice implements PortDevice {
+export class LinuxPortDevice extends NonBlockingCharDevice implements PortDevice {
   private readonly scratch = new Uint8Array(4096);
 
-  private constructor(private readonly fd: number) {}
 
   static open(path: string): LinuxPortDevice {
     return new LinuxPortDevice(openSync(path, constants.O_RDWR | constants.O_NONBLOCK | constants.O_NOCTTY));
@@ -95,27 +95,6 @@ export class LinuxPortDevice implements PortDevice {
     } finally {
       // While connected, a signal per arriving message would only cost wake-ups.
       lib.fcntl(this.fd, F_SETFL, flags);
-    }
-  }
-
-  readStream(): ReadableStream<Uint8Array> {
-    return Bun.file(this.fd).stream();
-  }
-
-  writeSome(bytes: Uint8Array): number {
-    try {
-      return writeSync(this.fd, bytes);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === "EAGAIN") return 0;
-      throw error;
-    }
-  }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      // Already gone with the device.
     }
   }
 }
