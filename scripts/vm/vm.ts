@@ -258,6 +258,20 @@ export class TestVm {
     return this.qmp!.execute(command, args);
   }
 
+  /** QMP query-status's status: "running", "suspended", ... */
+  async status(): Promise<string> {
+    return ((await this.execute("query-status")) as { status: string }).status;
+  }
+
+  /** Polls query-status until the VM is in `wanted` (e.g. "suspended" after a guest suspend). */
+  async waitForStatus(wanted: string, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while ((await this.status()) !== wanted) {
+      if (Date.now() > deadline) throw new Error(`VM never reached ${wanted}: ${await this.status()}\n${this.console().slice(-2000)}`);
+      await Bun.sleep(100);
+    }
+  }
+
   /** Hot-plug the agent's port (and its chardev) through QMP, as `virsh attach-device` would. */
   async plugAgentPort(): Promise<void> {
     await this.execute("chardev-add", {

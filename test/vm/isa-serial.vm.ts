@@ -12,43 +12,7 @@ import { AgentClient } from "../../src/client/client.ts";
 import { encodeFrame } from "../../src/protocol/framing.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
 import { ensureBinary } from "../helpers/agent-process.ts";
-
-/** A host on the serial socket speaking QGA as libvirt does: 0xFF + guest-sync-delimited, retried until answered. */
-async function qgaHost(socketPath: string, id: number): Promise<{ send(request: object): Promise<unknown>; close(): void }> {
-  let received = Buffer.alloc(0);
-  const socket = await Bun.connect({
-    unix: socketPath,
-    socket: {
-      data(_, chunk) {
-        received = Buffer.concat([received, chunk]);
-      },
-    },
-  });
-  const replyAfterLastFf = () => {
-    const rest = received.subarray(received.lastIndexOf(0xff) + 1).toString();
-    return rest.includes("\n") ? JSON.parse(rest.slice(0, rest.indexOf("\n"))) : undefined;
-  };
-  const deadline = Date.now() + 60_000;
-  for (let attempt = 0; ; attempt++) {
-    received = Buffer.alloc(0);
-    const syncId = id + attempt;
-    socket.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id: syncId } }))]));
-    const tryUntil = Date.now() + 2_000;
-    while (replyAfterLastFf()?.return !== syncId && Date.now() < tryUntil) await Bun.sleep(10);
-    if (replyAfterLastFf()?.return === syncId) break;
-    if (Date.now() > deadline) throw new Error("no guest-sync-delimited answer on the serial line");
-  }
-  return {
-    async send(request) {
-      received = Buffer.alloc(0);
-      socket.write(JSON.stringify(request));
-      const until = Date.now() + 30_000;
-      while (!received.includes(0x0a) && Date.now() < until) await Bun.sleep(5);
-      return JSON.parse(received.toString());
-    },
-    close: () => socket.end(),
-  };
-}
+import { libvirtSync } from "../helpers/qga-host.ts";
 
 describe("native protocol on the guest's /dev/ttyS1", () => {
   let vm: TestVm;
@@ -127,7 +91,7 @@ describe("QGA on the guest's /dev/ttyS1", () => {
   });
 
   test("libvirt's handshake, guest-ping, guest-info and guest-get-osinfo over the serial line", async () => {
-    const agent = await qgaHost(vm.serialSocket, 1000);
+    const agent = await libvirtSync(vm.serialSocket, 1000);
     expect(await agent.send({ execute: "guest-ping" })).toEqual({ return: {} });
     const info = (await agent.send({ execute: "guest-info" })) as { return: { version: string } };
     expect(info.return.version).toBe(AGENT_VERSION);
@@ -142,7 +106,7 @@ describe("QGA on the guest's /dev/ttyS1", () => {
       const cut = await Bun.connect({ unix: vm.serialSocket, socket: { data() {} } });
       cut.write(`{"execute":"guest-sync","arguments":{"id":${"9".repeat(1 + i)}`);
       cut.end();
-      const agent = await qgaHost(vm.serialSocket, 2000 + 100 * i);
+      const agent = await libvirtSync(vm.serialSocket, 2000 + 100 * i);
       expect(await agent.send({ execute: "guest-ping", id: `after-cut-${i}` })).toEqual({ return: {}, id: `after-cut-${i}` });
       agent.close();
     }

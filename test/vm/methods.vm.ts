@@ -224,26 +224,18 @@ test("suspend {mode: ram} replies first (the kernel's /sys/power/state, as the g
   const native = await AgentClient.connect(sleeper.agentSocket, { timeoutMs: 60_000 });
   try {
     await native.waitReady({ timeoutMs: 90_000 });
-    const status = async () => ((await sleeper.execute("query-status")) as { status: string }).status;
-    const waitForStatus = async (wanted: string) => {
-      const deadline = Date.now() + 60_000;
-      while ((await status()) !== wanted) {
-        if (Date.now() > deadline) throw new Error(`VM never reached ${wanted}: ${await status()}\n${sleeper.console().slice(-2000)}`);
-        await Bun.sleep(100);
-      }
-    };
     // What the guest cannot do is refused before anything is tried: the kernel has no hybrid state.
     const hybrid = await refusal(native.suspend({ mode: "hybrid" }));
     expect(hybrid.code).toBe(-32007);
     expect(hybrid.message).toContain("the guest cannot suspend to hybrid");
-    expect(await status()).toBe("running");
+    expect(await sleeper.status()).toBe("running");
 
     expect(await native.suspend({ mode: "ram" })).toEqual({ accepted: true, mode: "ram", method: "sysfs", state: "mem" });
-    await waitForStatus("suspended");
+    await sleeper.waitForStatus("suspended");
     // Sent while the guest sleeps: answered once it has resumed.
     const pinged = native.ping({ payload: "after-resume" });
     await sleeper.execute("system_wakeup");
-    await waitForStatus("running");
+    await sleeper.waitForStatus("running");
     expect(await pinged).toEqual({ pong: true, payload: "after-resume" });
     // The suspend is over once the write to /sys/power/state has returned, after the resume: from then on a
     // request is looked at afresh (hybrid refused for its own reason), no longer refused as one in progress (-32000).

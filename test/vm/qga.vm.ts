@@ -9,6 +9,7 @@ import { guestImage, TestVm } from "../../scripts/vm/vm.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
 import { AgentClient } from "../../src/client/client.ts";
 import { ensureBinary } from "../helpers/agent-process.ts";
+import { libvirtSync } from "../helpers/qga-host.ts";
 
 let vm: TestVm;
 
@@ -21,68 +22,8 @@ afterAll(async () => {
   await vm?.stop();
 });
 
-/**
- * libvirt's handshake: 0xFF, then guest-sync-delimited with a fresh id; skip
- * everything up to the 0xFF that precedes the reply, and check the id.
- */
-async function libvirtSync(
-  id: number,
-  target: TestVm = vm,
-): Promise<{ send(request: object): Promise<unknown>; sendNoReply(request: object, waitMs: number): Promise<string>; close(): void }> {
-  let received = Buffer.alloc(0);
-  const socket = await Bun.connect({
-    unix: target.qgaSocket,
-    socket: {
-      data(_, chunk) {
-        received = Buffer.concat([received, chunk]);
-      },
-    },
-  });
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    received = Buffer.alloc(0);
-    socket.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }))]));
-    const tryUntil = Date.now() + 1_000;
-    while (Date.now() < tryUntil) {
-      // As libvirt: one line after the last 0xFF is the delimited reply (retries may have more behind it).
-      const delimiter = received.lastIndexOf(0xff);
-      const rest = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
-      const line = rest.slice(0, rest.indexOf("\n") + 1);
-      if (line !== "" && JSON.parse(line).return === id) {
-        // Retries sent while the guest booted are answered too, later: replies come in order, so
-        // once a fresh sync is answered nothing older is still on its way.
-        const flushId = id + 1_000_000;
-        received = Buffer.alloc(0);
-        socket.write(JSON.stringify({ execute: "guest-sync", arguments: { id: flushId } }));
-        const until = Date.now() + 10_000;
-        while (!received.toString().includes(`{"return": ${flushId}}\n`) && Date.now() < until) await Bun.sleep(5);
-        received = Buffer.alloc(0);
-        return {
-          async send(request) {
-            received = Buffer.alloc(0);
-            socket.write(JSON.stringify(request));
-            const until = Date.now() + 30_000;
-            while (!received.includes(0x0a) && Date.now() < until) await Bun.sleep(5);
-            return JSON.parse(received.toString());
-          },
-          /** For commands that answer nothing on success: whatever arrived within waitMs. */
-          async sendNoReply(request, waitMs) {
-            received = Buffer.alloc(0);
-            socket.write(JSON.stringify(request));
-            await Bun.sleep(waitMs);
-            return received.toString();
-          },
-          close: () => socket.end(),
-        };
-      }
-      await Bun.sleep(20);
-    }
-    if (Date.now() > deadline) throw new Error("no guest-sync-delimited answer");
-  }
-}
-
 test("libvirt's handshake, guest-ping and guest-info over a real org.qemu.guest_agent.0", async () => {
-  const agent = await libvirtSync(1234567);
+  const agent = await libvirtSync(vm.qgaSocket, 1234567);
   expect(await agent.send({ execute: "guest-ping" })).toEqual({ return: {} });
   const info = (await agent.send({ execute: "guest-info" })) as { return: { version: string } };
   expect(info.return.version).toBe(AGENT_VERSION);
@@ -91,7 +32,7 @@ test("libvirt's handshake, guest-ping and guest-info over a real org.qemu.guest_
 }, 60_000);
 
 test("inventory from the guest itself: osinfo, vcpus, network interfaces", async () => {
-  const agent = await libvirtSync(7);
+  const agent = await libvirtSync(vm.qgaSocket, 7);
   const osinfo = (await agent.send({ execute: "guest-get-osinfo" })) as { return: Record<string, string> };
   expect(osinfo.return.machine).toBe("x86_64");
   expect(osinfo.return["kernel-release"]).toMatch(/cloud-amd64$/);
@@ -115,7 +56,7 @@ test("a host that drops its connection mid-request and comes back resyncs with 0
     const cut = await Bun.connect({ unix: vm.qgaSocket, socket: { data() {} } });
     cut.write(`{"execute":"guest-sync","arguments":{"id":${"9".repeat(1 + i)}`); // no closing braces
     cut.end();
-    const agent = await libvirtSync(1000 + i);
+    const agent = await libvirtSync(vm.qgaSocket, 1000 + i);
     expect(await agent.send({ execute: "guest-ping", id: `after-cut-${i}` })).toEqual({ return: {}, id: `after-cut-${i}` });
     agent.close();
   }
@@ -126,17 +67,17 @@ test("guest-shutdown answers nothing and powers the VM off; mode=reboot brings t
   const off = await TestVm.boot({ image, ourQga: true });
   const reboots = await TestVm.boot({ image, ourQga: true, allowReboot: true });
   try {
-    const agent = await libvirtSync(11, off);
+    const agent = await libvirtSync(off.qgaSocket, 11);
     expect(await agent.sendNoReply({ execute: "guest-shutdown" }, 200)).toBe("");
     expect(await off.waitForExit(60_000)).toBe(0);
     expect(off.console()).toContain("poweroff requested");
 
-    const rebooting = await libvirtSync(12, reboots);
+    const rebooting = await libvirtSync(reboots.qgaSocket, 12);
     expect(await rebooting.sendNoReply({ execute: "guest-shutdown", arguments: { mode: "reboot" } }, 200)).toBe("");
     rebooting.close();
     await reboots.waitForConsole(/reboot requested/, 60_000);
     await reboots.waitForConsole(/agent started[\s\S]*agent started/, 120_000);
-    const again = await libvirtSync(13, reboots);
+    const again = await libvirtSync(reboots.qgaSocket, 13);
     expect(await again.send({ execute: "guest-ping" })).toEqual({ return: {} });
     again.close();
   } finally {
@@ -156,25 +97,17 @@ test("guest-suspend-ram: no reply, QEMU sees the guest suspended (S3), system_wa
     // The cloud kernel offers S3 ("mem") and hibernation ("disk"); QEMU's PIIX4 PM has S3 on by default.
     expect(Buffer.from(states.stdout_base64, "base64").toString().trim().split(" ")).toEqual(["freeze", "mem", "disk"]);
 
-    const status = async () => ((await sleeper.execute("query-status")) as { status: string }).status;
-    const waitForStatus = async (wanted: string) => {
-      const deadline = Date.now() + 60_000;
-      while ((await status()) !== wanted) {
-        if (Date.now() > deadline) throw new Error(`VM never reached ${wanted}: ${await status()}\n${sleeper.console().slice(-2000)}`);
-        await Bun.sleep(100);
-      }
-    };
-    const agent = await libvirtSync(81, sleeper);
+    const agent = await libvirtSync(sleeper.qgaSocket, 81);
     expect(await agent.sendNoReply({ execute: "guest-suspend-ram" }, 200)).toBe("");
-    await waitForStatus("suspended");
+    await sleeper.waitForStatus("suspended");
     // Sent while the guest sleeps, so that everything the agent writes after the resume is seen:
     // only the ping's reply, none for the suspend.
     const pinged = agent.send({ execute: "guest-ping", id: "after-resume" });
     await sleeper.execute("system_wakeup");
-    await waitForStatus("running");
+    await sleeper.waitForStatus("running");
     expect(await pinged).toEqual({ return: {}, id: "after-resume" });
     agent.close();
-    const again = await libvirtSync(82, sleeper);
+    const again = await libvirtSync(sleeper.qgaSocket, 82);
     // No systemd or pm-utils in this guest, and the kernel has no hybrid state: qemu-ga's words.
     expect(await again.send({ execute: "guest-suspend-hybrid" })).toEqual({
       error: { class: "GenericError", desc: "the requested suspend mode is not supported by the guest" },
@@ -191,7 +124,7 @@ test("guest-suspend-ram: no reply, QEMU sees the guest suspended (S3), system_wa
     expect(Buffer.from(dmesg.stdout_base64, "base64").toString()).toMatch(
       /PM: suspend entry \(deep\)[\s\S]*Waking up from system sleep state S3[\s\S]*PM: suspend exit[\s\S]*PM: Cannot find swap device/,
     );
-    expect(await status()).toBe("running");
+    expect(await sleeper.status()).toBe("running");
     expect(await again.send({ execute: "guest-ping" })).toEqual({ return: {} });
     again.close();
   } finally {
@@ -203,7 +136,7 @@ test("a guest booted with nohibernate offers no \"disk\": guest-suspend-disk is 
   const awake = await TestVm.boot({ image: await guestImage(await ensureBinary()), ourQga: true, append: "nohibernate" });
   try {
     await awake.waitForConsole(/agent started.*qga="virtio-serial/, 90_000);
-    const agent = await libvirtSync(85, awake);
+    const agent = await libvirtSync(awake.qgaSocket, 85);
     expect(await agent.send({ execute: "guest-suspend-disk" })).toEqual({
       error: { class: "GenericError", desc: "the requested suspend mode is not supported by the guest" },
     });
@@ -227,7 +160,7 @@ test("guest-network-get-route: the guest's routes, after it brought eth0 up with
   );
   native.close();
   expect(configured.exit_code).toBe(0);
-  const agent = await libvirtSync(91);
+  const agent = await libvirtSync(vm.qgaSocket, 91);
   const { return: routes } = (await agent.send({ execute: "guest-network-get-route" })) as { return: Record<string, unknown>[] };
   const v4 = routes.filter((route) => route.version === 4).map(({ iface, destination, gateway, mask, metric }) => ({ iface, destination, gateway, mask, metric }));
   expect(v4).toContainEqual({ iface: "eth0", destination: "0.0.0.0", gateway: "10.0.2.2", mask: "0.0.0.0", metric: 50 });
@@ -239,7 +172,7 @@ test("guest-network-get-route: the guest's routes, after it brought eth0 up with
 }, 60_000);
 
 test("guest-set-time sets the guest's clock (and its RTC); guest-get-time reads it back", async () => {
-  const agent = await libvirtSync(21);
+  const agent = await libvirtSync(vm.qgaSocket, 21);
   const target = 1_900_000_000_000_000_000; // 2030-03-17, nanoseconds
   expect(await agent.send({ execute: "guest-set-time", arguments: { time: target } })).toEqual({ return: {} });
   const { return: now } = (await agent.send({ execute: "guest-get-time" })) as { return: number };
@@ -250,7 +183,7 @@ test("guest-set-time sets the guest's clock (and its RTC); guest-get-time reads 
 }, 60_000);
 
 test("memory blocks: listed with their size, taken offline and back online (or refused with a reason)", async () => {
-  const agent = await libvirtSync(31);
+  const agent = await libvirtSync(vm.qgaSocket, 31);
   const { return: blocks } = (await agent.send({ execute: "guest-get-memory-blocks" })) as { return: { "phys-index": number; online: boolean; "can-offline": boolean }[] };
   expect(blocks.length).toBeGreaterThan(0);
   const { return: info } = (await agent.send({ execute: "guest-get-memory-block-info" })) as { return: { size: number } };
@@ -281,7 +214,7 @@ test("guest-get-fsinfo shows the guest's virtio disk once it holds a filesystem"
   const mounted = await native.exec({ command: "sh", args: ["-c", "mke2fs -q /dev/vda && mkdir -p /mnt/data && mount -t ext2 /dev/vda /mnt/data"] }, { timeoutMs: 30_000 });
   native.close();
   expect(mounted.exit_code).toBe(0);
-  const agent = await libvirtSync(41);
+  const agent = await libvirtSync(vm.qgaSocket, 41);
   const { return: filesystems } = (await agent.send({ execute: "guest-get-fsinfo" })) as { return: Record<string, any>[] };
   const data = filesystems.find((fs) => fs.mountpoint === "/mnt/data")!;
   expect(data).toMatchObject({ name: "vda", type: "ext2" });
@@ -293,7 +226,7 @@ test("guest-get-fsinfo shows the guest's virtio disk once it holds a filesystem"
 }, 60_000);
 
 test("guest-ssh-*-authorized-keys edit root's ~/.ssh in the guest as sshd needs it", async () => {
-  const agent = await libvirtSync(51);
+  const agent = await libvirtSync(vm.qgaSocket, 51);
   const keyA = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host-a";
   const keyB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB host-b";
   expect(await agent.send({ execute: "guest-ssh-add-authorized-keys", arguments: { username: "root", keys: [keyA, keyB] } })).toEqual({ return: {} });
@@ -318,7 +251,7 @@ test("guest-ssh-*-authorized-keys edit root's ~/.ssh in the guest as sshd needs 
 }, 60_000);
 
 test("guest-fstrim trims the guest's mounted virtio disk and reports the bytes", async () => {
-  const agent = await libvirtSync(61);
+  const agent = await libvirtSync(vm.qgaSocket, 61);
   const { return: report } = (await agent.send({ execute: "guest-fstrim", arguments: { minimum: 4096 } })) as { return: { paths: Record<string, unknown>[] } };
   const data = report.paths.find((entry) => entry.path === "/mnt/data")!;
   expect(data).toMatchObject({ minimum: 4096 });
@@ -327,7 +260,7 @@ test("guest-fstrim trims the guest's mounted virtio disk and reports the bytes",
 }, 60_000);
 
 test("guest-set-user-password sets root's password in the guest through chpasswd", async () => {
-  const agent = await libvirtSync(71);
+  const agent = await libvirtSync(vm.qgaSocket, 71);
   const hash = "$6$kmasalt$Kh1ZWvX9Rr2d5lwzJ2V8kWq0z3rPq1mZ2n4b5c6d7e8f9g0h1i2j3k4l5m6n7o8p9q0r1s2t3u4v5w6x7y8z9A0B"; // sha512-crypt shaped
   const set = await agent.send({ execute: "guest-set-user-password", arguments: { username: "root", password: Buffer.from(hash).toString("base64"), crypted: true } });
   expect(set).toEqual({ return: {} });
@@ -350,7 +283,7 @@ test("guest-fsfreeze-freeze-list freezes the guest's disk: a write waits for the
     command: "sh",
     args: ["-c", "until [ -e /var/lib/kvm-manager-agent/qga.state.isfrozen ]; do sleep 0.05; done; sleep 1; echo written > /mnt/data/probe; date +%s > /tmp/probe-written"],
   });
-  const agent = await libvirtSync(81);
+  const agent = await libvirtSync(vm.qgaSocket, 81);
   expect(await agent.send({ execute: "guest-fsfreeze-freeze-list", arguments: { mountpoints: ["/mnt/data"] } })).toEqual({ return: 1 });
   expect(await agent.send({ execute: "guest-fsfreeze-status" })).toEqual({ return: "frozen" });
   expect(await agent.send({ execute: "guest-get-osinfo" })).toEqual({
