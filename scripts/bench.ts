@@ -129,7 +129,7 @@ function execCase(name: string, count: number): Case<LatencySample> {
 }
 
 /**
- * Write then read back 64 MiB in 4 MiB chunks, each side on its endpoint's protocol: upload_* / copy_from_guest
+ * Write then read back 64 MiB, each side on its endpoint's protocol (see TRANSFER in bench/workloads.ts): upload_* / copy_from_guest
  * natively, guest-file-open/write/read/close over QGA. `dir` is where the files go, on the machine the agents run on.
  */
 function fileCase(dir: string, names: { write: string; read: string }): Case<Transfer> {
@@ -248,6 +248,7 @@ async function hostSections(binary: string, haveQga: boolean): Promise<Section[]
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
+    "Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it.",
   ];
   if (haveQga) {
     notes.push(
@@ -328,7 +329,7 @@ async function vmSection(binary: string): Promise<Section> {
       `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
-      "Files: 64 MiB in 4 MiB chunks, one request at a time for both, every transfer checked by SHA-256. Ours computes a SHA-256 of every chunk it returns (qemu-ga returns none): under TCG that hash is ~80 of the ~470 ms a 4 MiB read chunk costs in the guest, the single largest difference between the two read paths. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so the bench does not pipeline.",
+      "Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (qemu-ga returns none): under TCG that hash is ~80 of the ~470 ms a 4 MiB read chunk costs in the guest, the single largest difference between the two read paths. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.",
     ];
     return { title: "Inside a VM: kvm-manager-agent vs qemu-ga over virtio-serial", rows, notes };
   } finally {

@@ -1,10 +1,11 @@
 /**
  * Multi-step workloads, each written once per agent as a host would drive it:
  * exec round trips and 64 MiB file transfers. Both sides move the same bytes
- * in the same 4 MiB chunks, one request at a time (FILE_WINDOW), and every
- * transfer is checked by SHA-256.
+ * with the same 4 MiB in flight, each as its hosts move files (TRANSFER), and
+ * every transfer is checked by SHA-256.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { DEFAULT_CHUNK_BYTES, DEFAULT_PIPELINE } from "../../src/client/transfer.ts";
 import { withTimeout, type Endpoint } from "./raw-conn.ts";
 
 let seq = 1_000_000_000;
@@ -44,13 +45,15 @@ export async function callWindow(ep: Endpoint, calls: object[], window: number, 
 }
 
 /**
- * Requests in flight in the file workloads, the same for both agents. One at a
- * time, as hosts drive qemu-ga: with two 4 MiB guest-file-write requests in
+ * How each protocol moves a file, as its hosts drive it, with the same bytes in flight (4 MiB):
+ * our client (src/client/transfer.ts) sends 2 MiB chunks two at a time; qemu-ga gets 4 MiB
+ * requests one at a time, as hosts drive it — with two 4 MiB guest-file-write requests in
  * flight over virtio-serial, qemu-ga 7.2 stopped answering (seen in this bench's VM).
  */
-export const FILE_WINDOW = 1;
-
-export const CHUNK_BYTES = 4 * 1024 * 1024;
+const TRANSFER = {
+  native: { window: DEFAULT_PIPELINE, chunkBytes: DEFAULT_CHUNK_BYTES },
+  qga: { window: 1, chunkBytes: 4 * 1024 * 1024 },
+} as const;
 
 /** exec of `true`, start to exit status: natively in one call; over QGA guest-exec then guest-exec-status polled back to back. */
 export async function execOnce(ep: Endpoint): Promise<void> {
@@ -97,18 +100,19 @@ export interface Transfer {
 export async function fileRoundTrip(ep: Endpoint, path: string, bytes: number): Promise<Transfer> {
   const data = randomBytes(bytes);
   const expected = createHash("sha256").update(data).digest("hex");
+  const { window, chunkBytes } = TRANSFER[ep.protocol];
   const chunks: string[] = [];
-  for (let at = 0; at < bytes; at += CHUNK_BYTES) chunks.push(data.subarray(at, at + CHUNK_BYTES).toString("base64"));
+  for (let at = 0; at < bytes; at += chunkBytes) chunks.push(data.subarray(at, at + chunkBytes).toString("base64"));
 
   const chunkCount = chunks.length;
   let t0 = performance.now();
   if (ep.protocol === "native") {
     const { upload_id } = await callOnce(ep, { method: "upload_start", params: { path, overwrite: true } });
-    await callWindow(ep, chunks.map((content_base64, i) => ({ method: "upload_chunk", params: { upload_id, offset: i * CHUNK_BYTES, content_base64 } })), FILE_WINDOW);
+    await callWindow(ep, chunks.map((content_base64, i) => ({ method: "upload_chunk", params: { upload_id, offset: i * chunkBytes, content_base64 } })), window);
     await callOnce(ep, { method: "upload_commit", params: { upload_id, sha256: expected } });
   } else {
     const handle = await callOnce(ep, { execute: "guest-file-open", arguments: { path, mode: "w" } });
-    await callWindow(ep, chunks.map((chunk) => ({ execute: "guest-file-write", arguments: { handle, "buf-b64": chunk } })), FILE_WINDOW);
+    await callWindow(ep, chunks.map((chunk) => ({ execute: "guest-file-write", arguments: { handle, "buf-b64": chunk } })), window);
     await callOnce(ep, { execute: "guest-file-close", arguments: { handle } });
   }
   const writeSeconds = (performance.now() - t0) / 1000;
@@ -117,12 +121,12 @@ export async function fileRoundTrip(ep: Endpoint, path: string, bytes: number): 
   const hash = createHash("sha256");
   t0 = performance.now();
   if (ep.protocol === "native") {
-    const reads = Array.from({ length: chunkCount }, (_, i) => ({ method: "copy_from_guest", params: { path, offset: i * CHUNK_BYTES, length: CHUNK_BYTES } }));
-    for (const chunk of await callWindow(ep, reads, FILE_WINDOW)) hash.update(Buffer.from(chunk.content_base64, "base64"));
+    const reads = Array.from({ length: chunkCount }, (_, i) => ({ method: "copy_from_guest", params: { path, offset: i * chunkBytes, length: chunkBytes } }));
+    for (const chunk of await callWindow(ep, reads, window)) hash.update(Buffer.from(chunk.content_base64, "base64"));
   } else {
     const handle = await callOnce(ep, { execute: "guest-file-open", arguments: { path, mode: "r" } });
-    const reads = Array.from({ length: chunkCount }, () => ({ execute: "guest-file-read", arguments: { handle, count: CHUNK_BYTES } }));
-    for (const chunk of await callWindow(ep, reads, FILE_WINDOW)) hash.update(Buffer.from(chunk["buf-b64"], "base64"));
+    const reads = Array.from({ length: chunkCount }, () => ({ execute: "guest-file-read", arguments: { handle, count: chunkBytes } }));
+    for (const chunk of await callWindow(ep, reads, window)) hash.update(Buffer.from(chunk["buf-b64"], "base64"));
     await callOnce(ep, { execute: "guest-file-close", arguments: { handle } });
   }
   const readSeconds = (performance.now() - t0) / 1000;

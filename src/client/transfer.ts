@@ -76,6 +76,8 @@ const TOO_LARGE = -32004;
  * lower (each chunk exists in several copies until the GC runs).
  */
 export const DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024;
+/** Chunks in flight at once: the next one travels while the agent handles the current one. */
+export const DEFAULT_PIPELINE = 2;
 
 export async function pushFile(client: AgentClient, localPath: string, guestPath: string, options: PushOptions = {}): Promise<TransferResult> {
   const started = performance.now();
@@ -109,7 +111,7 @@ export async function pushFile(client: AgentClient, localPath: string, guestPath
     const start = await client.uploadStart({ path: guestPath, ...writeOptions }, undefined);
     const id = start.upload_id;
     const chunkBytes = Math.max(1, Math.min(options.chunkBytes ?? DEFAULT_CHUNK_BYTES, start.chunk_bytes));
-    const depth = Math.max(1, options.pipeline ?? 2);
+    const depth = Math.max(1, options.pipeline ?? DEFAULT_PIPELINE);
     const hash = createHash("sha256");
     const inFlight: Promise<unknown>[] = [];
     let offset = 0;
@@ -154,7 +156,7 @@ export async function pullFile(client: AgentClient, guestPath: string, localPath
       reply.catch(() => {});
       return { offset, reply };
     };
-    const depth = Math.max(1, options.pipeline ?? 2);
+    const depth = Math.max(1, options.pipeline ?? DEFAULT_PIPELINE);
     // The first reply tells the size; after it, `depth` requests run ahead.
     let first = request(0);
     try {
