@@ -96,6 +96,7 @@ describe("get_metrics on Windows", () => {
       memory: () => ({ totalPhys: 8 * 2 ** 30, availPhys: 6 * 2 ** 30, totalPageFile: 10 * 2 ** 30, availPageFile: 7 * 2 ** 30 }),
       volumes: () => [{ root: "C:\\", fstype: "NTFS", size: 100 * 2 ** 30, free: 40 * 2 ** 30, available: 39 * 2 ** 30 }],
       processCount: () => 123,
+      network: () => [{ interface: "Ethernet", rx_bytes: 1000, rx_packets: 10, rx_errors: 0, rx_dropped: 1, tx_bytes: 500, tx_packets: 5, tx_errors: 0, tx_dropped: 0 }],
       uptime: () => 3600.5,
       now: () => 1_700_000_000_000,
       monotonic: () => (mono += 1_000),
@@ -113,7 +114,9 @@ describe("get_metrics on Windows", () => {
     expect(result.memory).toEqual({ total_bytes: 8 * 2 ** 30, available_bytes: 6 * 2 ** 30, used_bytes: 2 * 2 ** 30, free_bytes: 6 * 2 ** 30, buffers_bytes: 0, cached_bytes: 0 });
     expect(result.swap).toEqual({ total_bytes: 2 * 2 ** 30, used_bytes: 2 ** 30, free_bytes: 2 ** 30 });
     expect(result.filesystems).toEqual([{ mount: "C:\\", device: "C:", fstype: "NTFS", size_bytes: 100 * 2 ** 30, used_bytes: 60 * 2 ** 30, available_bytes: 39 * 2 ** 30 }]);
-    expect({ processes: result.processes, uptime: result.uptime_seconds, disks: result.disks, network: result.network }).toEqual({ processes: 123, uptime: 3600.5, disks: [], network: [] });
+    expect({ processes: result.processes, uptime: result.uptime_seconds, disks: result.disks }).toEqual({ processes: 123, uptime: 3600.5, disks: [] });
+    expect(result.network.map((n) => [n.interface, n.rx_bytes, n.tx_packets])).toEqual([["Ethernet", 1000, 5]]);
+    expect(toPrometheus(result)).toContain('kma_network_receive_bytes_total{interface="Ethernet"} 1000');
     expect(toPrometheus(result)).toContain('kma_filesystem_avail_bytes{mountpoint="C:\\\\",device="C:",fstype="NTFS"} 41875931136');
   });
 

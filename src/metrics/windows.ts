@@ -13,8 +13,11 @@
  *   standby list is inside it; there is no separate cache or buffer figure, so
  *   those are 0); swap = the page file: commit limit minus physical memory.
  * - load: Windows keeps no load average: all 0.
- * - disks (I/O counters) and network: empty; per-disk counters need
- *   IOCTL_DISK_PERFORMANCE on each physical drive, network GetIfTable2.
+ * - network from GetIfTable2: every interface but the filter-driver layers
+ *   (the NDIS lightweight filters each NIC shows once per filter); packets are
+ *   unicast plus non-unicast.
+ * - disks (I/O counters): empty; per-disk counters need IOCTL_DISK_PERFORMANCE
+ *   on each physical drive.
  * - filesystems: every fixed or RAM drive letter (GetLogicalDriveStringsW,
  *   GetDriveTypeW) with GetVolumeInformationW's filesystem name and
  *   GetDiskFreeSpaceExW's sizes; network drives are not asked (a dead server
@@ -22,11 +25,11 @@
  * - processes: K32EnumProcesses.
  */
 import os from "node:os";
-import { ptr } from "bun:ffi";
+import { ptr, read, type Pointer } from "bun:ffi";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { MetricsService } from "../services.ts";
-import { fromWide, kernel32, lastError, wide } from "../platform/windows/win32.ts";
+import { fromWide, iphlpapi, kernel32, lastError, readWideAt, wide } from "../platform/windows/win32.ts";
 import { toPrometheus, type MetricsJson } from "./metrics.ts";
 
 type CpuTimes = MetricsJson["cpu"]["total"];
@@ -58,6 +61,7 @@ export interface VolumeSpace {
 
 export interface WindowsMetricsProbes {
   systemTimes: () => SystemTimes;
+  network: () => MetricsJson["network"];
   cpus: () => os.CpuInfo[];
   memory: () => MemoryStatus;
   volumes: () => VolumeSpace[];
@@ -136,7 +140,7 @@ export class WindowsMetrics implements MetricsService {
       swap: { total_bytes: swapTotal, used_bytes: swapTotal - swapFree, free_bytes: swapFree },
       load: { load1: 0, load5: 0, load15: 0, running: 0, total: 0 },
       disks: [],
-      network: [],
+      network: this.probes.network(),
       filesystems: this.probes.volumes().map((volume) => ({
         mount: volume.root,
         device: volume.root.replace(/\\$/, ""),
@@ -230,8 +234,63 @@ function processCount(): number {
   }
 }
 
+/**
+ * MIB_IF_TABLE2: NumEntries, then MIB_IF_ROW2s from offset 8. Offsets of
+ * MIB_IF_ROW2 (1352 bytes on x64) as mingw-w64's netioapi.h lays it out,
+ * printed with offsetof() by a test program run under Wine.
+ */
+const IF_ROW = {
+  bytes: 1352,
+  first: 8,
+  alias: 28,
+  flags: 1152,
+  inOctets: 1208,
+  inUcastPkts: 1216,
+  inNUcastPkts: 1224,
+  inDiscards: 1232,
+  inErrors: 1240,
+  outOctets: 1280,
+  outUcastPkts: 1288,
+  outNUcastPkts: 1296,
+  outDiscards: 1304,
+  outErrors: 1312,
+} as const;
+/** InterfaceAndOperStatusFlags.FilterInterface: an NDIS filter layered on a NIC, not an interface of its own. */
+const FILTER_INTERFACE = 0x2;
+
+function networkCounters(): MetricsJson["network"] {
+  const cell = new BigUint64Array(1);
+  const status = iphlpapi().GetIfTable2(ptr(cell));
+  if (status !== 0) throw new Error(`GetIfTable2 failed with error ${status}`);
+  const table = Number(cell[0]) as Pointer;
+  try {
+    const out: MetricsJson["network"] = [];
+    const count = read.u32(table, 0);
+    for (let i = 0; i < count; i++) {
+      const row = IF_ROW.first + i * IF_ROW.bytes;
+      if (read.u8(table, row + IF_ROW.flags) & FILTER_INTERFACE) continue;
+      const u64 = (offset: number) => Number(read.u64(table, row + offset));
+      out.push({
+        interface: readWideAt((table + row + IF_ROW.alias) as Pointer, 257),
+        rx_bytes: u64(IF_ROW.inOctets),
+        rx_packets: u64(IF_ROW.inUcastPkts) + u64(IF_ROW.inNUcastPkts),
+        rx_errors: u64(IF_ROW.inErrors),
+        rx_dropped: u64(IF_ROW.inDiscards),
+        tx_bytes: u64(IF_ROW.outOctets),
+        tx_packets: u64(IF_ROW.outUcastPkts) + u64(IF_ROW.outNUcastPkts),
+        tx_errors: u64(IF_ROW.outErrors),
+        tx_dropped: u64(IF_ROW.outDiscards),
+      });
+    }
+    return out;
+  } finally {
+    iphlpapi().FreeMibTable(table);
+  }
+}
+
 const SYSTEM_PROBES: WindowsMetricsProbes = {
   systemTimes: filetimes,
+  network: networkCounters,
   cpus: () => os.cpus(),
   memory: memoryStatus,
   volumes,

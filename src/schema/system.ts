@@ -69,7 +69,7 @@ const powerResult = z.strictObject({
 export const SYSTEM_METHODS = {
   get_metrics: {
     summary:
-      "CPU, memory, swap, load, disk and network I/O, filesystem usage, uptime and process count, read from /proc without child processes. On Windows from Win32 calls (GetSystemTimes, GlobalMemoryStatusEx, GetDiskFreeSpaceExW per fixed drive, EnumProcesses): load is 0 and disks/network are empty.",
+      "CPU, memory, swap, load, disk and network I/O, filesystem usage, uptime and process count, read from /proc without child processes. On Windows from Win32 calls (GetSystemTimes, GlobalMemoryStatusEx, GetDiskFreeSpaceExW per fixed drive, GetIfTable2, EnumProcesses): load is 0 and disks is empty.",
     params: z.strictObject({ format: z.enum(["json", "prometheus"]).default("json") }),
     result: z.discriminatedUnion("format", [
       metricsJson,

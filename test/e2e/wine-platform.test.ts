@@ -59,6 +59,11 @@ test.skipIf(!wineAvailable)("get_metrics (JSON and Prometheus) and get_users ans
   expect(metrics.processes).toBeGreaterThan(0);
   expect(metrics.filesystems).toContainEqual(expect.objectContaining({ mount: "C:\\", device: "C:" }));
   expect(metrics.filesystems.every((fs) => fs.size_bytes > 0 && /^[A-Z]:\\$/.test(fs.mount))).toBe(true);
+  // Wine's GetIfTable2 reports the host's interfaces under their Linux names, with their counters.
+  const hostInterfaces = readFileSync("/proc/net/dev", "utf8").split("\n").slice(2).map((line) => line.split(":")[0]!.trim()).filter(Boolean);
+  expect(metrics.network.length).toBeGreaterThan(0);
+  expect(metrics.network.map((n) => n.interface).filter((name) => !hostInterfaces.includes(name))).toEqual([]);
+  expect(metrics.network.some((n) => n.rx_bytes > 0 && n.rx_packets > 0)).toBe(true);
   expect(replies.get(2).result.text).toContain('kma_filesystem_size_bytes{mountpoint="C:\\\\",device="C:"');
   // Wine's WTSEnumerateSessionsW lists no sessions: the call works and says nobody.
   expect(METHODS.get_users.result.parse(replies.get(3).result)).toEqual({ users: [] });

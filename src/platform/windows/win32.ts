@@ -51,15 +51,24 @@ function openWtsapi32() {
   }).symbols;
 }
 
+function openIphlpapi() {
+  return dlopen("iphlpapi.dll", {
+    GetIfTable2: { args: [FFIType.ptr], returns: FFIType.u32 },
+    FreeMibTable: { args: [FFIType.ptr], returns: FFIType.void },
+  }).symbols;
+}
+
 let kernel32Symbols: ReturnType<typeof openKernel32> | null = null;
 let advapi32Symbols: ReturnType<typeof openAdvapi32> | null = null;
 let user32Symbols: ReturnType<typeof openUser32> | null = null;
 let wtsapi32Symbols: ReturnType<typeof openWtsapi32> | null = null;
+let iphlpapiSymbols: ReturnType<typeof openIphlpapi> | null = null;
 
 export const kernel32 = () => (kernel32Symbols ??= openKernel32());
 export const advapi32 = () => (advapi32Symbols ??= openAdvapi32());
 export const user32 = () => (user32Symbols ??= openUser32());
 export const wtsapi32 = () => (wtsapi32Symbols ??= openWtsapi32());
+export const iphlpapi = () => (iphlpapiSymbols ??= openIphlpapi());
 
 /** A NUL-terminated UTF-16LE string for a W function. */
 export function wide(text: string): Buffer {
