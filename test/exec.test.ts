@@ -170,7 +170,7 @@ describe("command resolution (pure)", () => {
 
   test("relative paths with a slash are refused; absolute paths are taken as they are", () => {
     const fs = fakeFs({ "/usr/bin/tool": "/usr/bin/tool" });
-    for (const command of ["./tool", "../tool", "bin/tool", "usr/bin/tool"]) expect(resolveCommand(command, fs)).toEqual({ ok: false, reason: "relative" });
+    for (const command of ["./tool", "../tool", "bin/tool", "usr/bin/tool"]) expect(resolveCommand(command, fs)).toEqual({ ok: false, reason: "refused", detail: "relative paths are not allowed; use a name or an absolute path" });
     expect(resolveCommand("/usr/bin/tool", fs)).toEqual({ ok: true, command: { path: "/usr/bin/tool", real: "/usr/bin/tool" } });
     expect(resolveCommand("tool\0x", fs)).toEqual({ ok: false, reason: "invalid" });
   });

@@ -8,6 +8,7 @@ import { basename, dirname } from "node:path";
 import { ConfigError, loadConfig } from "../config/load.ts";
 import type { AgentConfig } from "../config/schema.ts";
 import { buildAllowlist } from "../exec/policy.ts";
+import { runningCommandPlatform } from "../exec/windows.ts";
 import { OS_RELEASE_PATHS } from "../info/linux.ts";
 import { parseOsRelease } from "../info/os-release.ts";
 import { PROTOCOL_VERSION } from "../schema/methods.ts";
@@ -211,7 +212,7 @@ function writableDir(name: string, dir: string): Check {
 }
 
 function execCheck(allowed: readonly string[]): Check {
-  const allowlist = buildAllowlist(allowed);
+  const allowlist = buildAllowlist(allowed, undefined, runningCommandPlatform());
   if (allowlist.ignored.length === 0) return { status: "ok", name: "exec", detail: `on; ${allowlist.byReal.size} allowed command(s) found` };
   const missing = allowlist.ignored.map((entry) => `'${entry.configured}': ${entry.reason}`).join("; ");
   return { status: "warn", name: "exec", detail: `on; ignored in allowed_commands: ${missing}` };

@@ -38,6 +38,9 @@ const qgaCommandName = z.string().regex(/^guest-[a-z0-9-]+$/, "must be a QGA com
 const serialLineNamed = (defaultPath: string) => (port: { type: string; path: string }) => port.type !== "isa-serial" || port.path !== defaultPath;
 const SERIAL_LINE_UNNAMED = { message: 'type "isa-serial" needs path = the serial device, e.g. "/dev/ttyS1"', path: ["path"] };
 
+/** Windows: one directory of the agent's own (there is no world-writable /tmp to share). */
+const DEFAULT_WINDOWS_FILES_DIR = `${process.env.ProgramData ?? "C:\\ProgramData"}\\kvm-manager-agent\\files`;
+
 const absolutePath = z.string().min(1).refine((p) => /^(\/|[A-Za-z]:\\)/.test(p), "must be an absolute path");
 
 export const configSchema = z.strictObject({
@@ -76,7 +79,7 @@ export const configSchema = z.strictObject({
       enable_exec: z.boolean().default(false),
       allowed_commands: z.array(z.string().min(1)).default([]),
       enable_file_copy: z.boolean().default(true),
-      allowed_file_paths: z.array(absolutePath).default(["/tmp", "/var/tmp"]),
+      allowed_file_paths: z.array(absolutePath).default(process.platform === "win32" ? [DEFAULT_WINDOWS_FILES_DIR] : ["/tmp", "/var/tmp"]),
       enable_system_changes: z
         .boolean()
         .default(true)

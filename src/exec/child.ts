@@ -94,6 +94,29 @@ export const bunProcessOps: ProcessOps = {
   },
 };
 
+/**
+ * The single process on Windows, which has no process groups: TerminateProcess
+ * reaches the command itself, not what it started (a job object would).
+ */
+export const windowsProcessOps: ProcessOps = {
+  spawn: bunProcessOps.spawn,
+  killGroup(pid, signal) {
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, signal as NodeJS.Signals);
+      return true;
+    } catch {
+      return false; // Gone already.
+    }
+  },
+};
+
+/** Turns one stream's bytes into UTF-8 as they arrive (Windows code pages); `end` flushes a split character. */
+export interface Transcoder {
+  push(chunk: Uint8Array): Uint8Array;
+  end(): Uint8Array;
+}
+
 export interface RunOptions {
   timeoutMs: number;
   maxOutputBytes: number;
@@ -105,6 +128,8 @@ export interface RunOptions {
   startedAt: number;
   /** Kept output as it arrives, in order per stream (nothing past the cap). */
   onChunk?: (stream: StreamName, bytes: Uint8Array) => void;
+  /** A transcoder per stream, applied before the caps; none: bytes pass as they are. */
+  transcoder?: () => Transcoder;
 }
 
 interface Drain {
@@ -112,14 +137,15 @@ interface Drain {
   cancel(): void;
 }
 
-function drain(stream: ReadableStream<Uint8Array>, capture: OutputCapture, name: StreamName, onChunk?: RunOptions["onChunk"]): Drain {
+function drain(stream: ReadableStream<Uint8Array>, capture: OutputCapture, name: StreamName, onChunk?: RunOptions["onChunk"], transcoder?: Transcoder): Drain {
   const reader = stream.getReader();
   const done = (async () => {
     try {
       for (;;) {
         const { done, value } = await reader.read();
-        if (done) return;
-        const kept = capture.push(value);
+        const bytes = done ? transcoder?.end() : transcoder ? transcoder.push(value) : value;
+        if (done && !bytes?.length) return;
+        const kept = capture.push(bytes!);
         if (kept.length > 0 && onChunk) {
           try {
             onChunk(name, kept);
@@ -127,6 +153,7 @@ function drain(stream: ReadableStream<Uint8Array>, capture: OutputCapture, name:
             // A listener's failure must not stop the draining.
           }
         }
+        if (done) return;
       }
     } catch {
       // Read error or cancelled: what was read is kept.
@@ -169,7 +196,10 @@ export class ChildRun {
     const started = options.startedAt;
     const stdout = new OutputCapture(options.maxOutputBytes, options.resultBytes);
     const stderr = new OutputCapture(options.maxOutputBytes, options.resultBytes);
-    const drains = [drain(this.child.stdout, stdout, "stdout", options.onChunk), drain(this.child.stderr, stderr, "stderr", options.onChunk)];
+    const drains = [
+      drain(this.child.stdout, stdout, "stdout", options.onChunk, options.transcoder?.()),
+      drain(this.child.stderr, stderr, "stderr", options.onChunk, options.transcoder?.()),
+    ];
     const drained = Promise.all(drains.map((d) => d.done));
 
     let timeoutFired!: () => void;

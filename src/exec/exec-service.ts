@@ -18,9 +18,21 @@ import type { Logger } from "../log/logger.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { CallContext, ExecService } from "../services.ts";
-import { bunProcessOps, ChildRun, type ExecResult, type ProcessOps, type StreamName } from "./child.ts";
+import { bunProcessOps, ChildRun, type ExecResult, type ProcessOps, type StreamName, type Transcoder } from "./child.ts";
 import { notificationPieceBytes, resultFitBytes, splitBytes } from "./output.ts";
-import { authorizeCommand, buildAllowlist, buildChildEnv, checkArgs, checkCwd, nodeFsProbe, type AllowedEntry, type Allowlist, type FsProbe } from "./policy.ts";
+import {
+  authorizeCommand,
+  buildAllowlist,
+  buildChildEnv,
+  checkArgs,
+  checkCwd,
+  nodeFsProbe,
+  POSIX_COMMANDS,
+  type AllowedEntry,
+  type Allowlist,
+  type CommandPlatform,
+  type FsProbe,
+} from "./policy.ts";
 
 export interface ExecDeps {
   fs: FsProbe;
@@ -31,6 +43,10 @@ export interface ExecDeps {
   newHandle(): string;
   /** After a timeout, how long to keep reading what the pipes still hold. */
   drainGraceMs: number;
+  /** Search path, path syntax and environment rules (Windows: exec/windows.ts). */
+  platform: CommandPlatform;
+  /** Output in another encoding than UTF-8 (a Windows code page) is re-encoded per stream; null: as it is. */
+  transcoder: (() => Transcoder) | null;
 }
 
 interface ExecRecord {
@@ -70,8 +86,10 @@ export class ExecManager implements ExecService {
       now: deps.now ?? Date.now,
       newHandle: deps.newHandle ?? (() => crypto.randomUUID()),
       drainGraceMs: deps.drainGraceMs ?? 1_000,
+      platform: deps.platform ?? POSIX_COMMANDS,
+      transcoder: deps.transcoder ?? null,
     };
-    this.allowlist = buildAllowlist(config.security.allowed_commands, this.deps.fs);
+    this.allowlist = buildAllowlist(config.security.allowed_commands, this.deps.fs, this.deps.platform);
     for (const { configured, reason } of this.allowlist.ignored) {
       this.logger.warn("allowed_commands entry ignored", { command: configured, reason });
     }
@@ -136,10 +154,10 @@ export class ExecManager implements ExecService {
   // ---------------------------------------------------------------- internals
 
   private prepare(params: ExecParams): Prepared {
-    const entry = authorizeCommand(params.command, this.allowlist, this.deps.fs);
+    const entry = authorizeCommand(params.command, this.allowlist, this.deps.fs, this.deps.platform);
     checkArgs(params.args);
-    const env = buildChildEnv(params.env);
-    const cwd = checkCwd(params.cwd, this.deps.fs);
+    const env = buildChildEnv(params.env, this.deps.platform);
+    const cwd = checkCwd(params.cwd, this.deps.fs, this.deps.platform);
     const limits = this.config.limits;
     return {
       entry,
@@ -179,6 +197,7 @@ export class ExecManager implements ExecService {
       drainGraceMs: this.deps.drainGraceMs,
       startedAt,
       onChunk,
+      transcoder: this.deps.transcoder ?? undefined,
     });
     this.active.add(run);
     this.logger.info("exec started", { method, handle, command: entry.path, pid: run.pid, args: prepared.args.length, cwd: prepared.cwd });

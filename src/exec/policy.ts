@@ -13,9 +13,12 @@
  *
  * PATH policy: names are looked up in SAFE_PATH only, never in the agent's or
  * the request's PATH. A request may not set PATH at all (see FORBIDDEN_ENV).
+ *
+ * What differs between operating systems (search path, path syntax, case,
+ * environment) is a `CommandPlatform`: POSIX_COMMANDS here, Windows's in windows.ts.
  */
 import { accessSync, constants, realpathSync, statSync } from "node:fs";
-import { basename } from "node:path";
+import { posix } from "node:path";
 import { RpcError } from "../protocol/errors.ts";
 
 /** The only search path, for the allowlist at start-up, for requests, and the child's PATH. */
@@ -56,15 +59,50 @@ export function forbiddenEnvReason(name: string): string | null {
 }
 
 /** The child's environment: BASE_ENV plus the request's variables. Throws FORBIDDEN / INVALID_PARAMS. */
-export function buildChildEnv(requested: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = { ...BASE_ENV };
+export function buildChildEnv(requested: Record<string, string>, platform: CommandPlatform = POSIX_COMMANDS): Record<string, string> {
+  const env: Record<string, string> = { ...platform.baseEnv };
   for (const [name, value] of Object.entries(requested)) {
-    const reason = forbiddenEnvReason(name);
+    const reason = platform.forbiddenEnvReason(name);
     if (reason) throw new RpcError("FORBIDDEN", `Environment variable '${name}' is refused: ${reason}`, { variable: name });
     if (value.includes("\0")) throw new RpcError("INVALID_PARAMS", `Invalid params: env.${name} contains a NUL byte`, { variable: name });
+    // Windows names are case-insensitive: the request's TEMP replaces the base Temp rather than sitting beside it.
+    if (platform.caseInsensitive) for (const key of Object.keys(env)) if (key.toUpperCase() === name.toUpperCase()) delete env[key];
     env[name] = value;
   }
   return env;
+}
+
+/** How commands, paths and environments look on one operating system. */
+export interface CommandPlatform {
+  /** The only search path, as the child's PATH too. */
+  safePath: string;
+  baseEnv: Readonly<Record<string, string>>;
+  forbiddenEnvReason(name: string): string | null;
+  /** The files a command may mean, in order, or why its form is refused (a relative path with a directory part depends on the cwd). */
+  candidates(command: string): string[] | { refused: string };
+  /** Paths and names compare case-insensitively (Windows). */
+  caseInsensitive: boolean;
+  basename(path: string): string;
+  /** Why `cwd` is not an acceptable absolute directory path, or null. */
+  cwdProblem(cwd: string): string | null;
+  defaultCwd: string;
+}
+
+export const POSIX_COMMANDS: CommandPlatform = {
+  safePath: SAFE_PATH,
+  baseEnv: BASE_ENV,
+  forbiddenEnvReason,
+  candidates: (command) =>
+    command.startsWith("/") ? [command] : command.includes("/") ? { refused: RELATIVE } : SAFE_PATH.split(":").map((dir) => `${dir}/${command}`),
+  caseInsensitive: false,
+  basename: (path) => posix.basename(path),
+  cwdProblem: (cwd) => (cwd.startsWith("/") ? null : "must be an absolute path"),
+  defaultCwd: "/",
+};
+
+/** Real paths as the allowlist compares them. */
+function pathKey(path: string, platform: CommandPlatform): string {
+  return platform.caseInsensitive ? path.toLowerCase() : path;
 }
 
 export function checkArgs(args: readonly string[]): void {
@@ -110,21 +148,19 @@ export interface ResolvedCommand {
   real: string;
 }
 
-export type Resolution = { ok: true; command: ResolvedCommand } | { ok: false; reason: "relative" | "invalid" | "not-found" };
+export type Resolution = { ok: true; command: ResolvedCommand } | { ok: false; reason: "invalid" | "not-found" } | { ok: false; reason: "refused"; detail: string };
+
+const RELATIVE = "relative paths are not allowed; use a name or an absolute path";
 
 /**
  * Like execvp, but only ever with SAFE_PATH: a name is looked up in its
  * directories, an absolute path is taken as is; relative paths with a slash
  * (./x, ../x, a/b) depend on the cwd and are refused.
  */
-export function resolveCommand(command: string, fs: FsProbe = nodeFsProbe): Resolution {
+export function resolveCommand(command: string, fs: FsProbe = nodeFsProbe, platform: CommandPlatform = POSIX_COMMANDS): Resolution {
   if (command.length === 0 || command.includes("\0")) return { ok: false, reason: "invalid" };
-  const candidates = command.startsWith("/")
-    ? [command]
-    : command.includes("/")
-      ? null
-      : SAFE_PATH.split(":").map((dir) => `${dir}/${command}`);
-  if (!candidates) return { ok: false, reason: "relative" };
+  const candidates = platform.candidates(command);
+  if (!Array.isArray(candidates)) return { ok: false, reason: "refused", detail: candidates.refused };
   for (const path of candidates) {
     if (fs.kind(path) !== "file" || !fs.executable(path)) continue;
     try {
@@ -149,30 +185,29 @@ export interface Allowlist {
 }
 
 /** Resolves allowed_commands once (at start-up). */
-export function buildAllowlist(configured: readonly string[], fs: FsProbe = nodeFsProbe): Allowlist {
+export function buildAllowlist(configured: readonly string[], fs: FsProbe = nodeFsProbe, platform: CommandPlatform = POSIX_COMMANDS): Allowlist {
   const byReal = new Map<string, AllowedEntry[]>();
   const ignored: Allowlist["ignored"] = [];
   for (const name of configured) {
-    const resolution = resolveCommand(name, fs);
+    const resolution = resolveCommand(name, fs, platform);
     if (!resolution.ok) {
-      ignored.push({ configured: name, reason: describeFailure(resolution.reason) });
+      ignored.push({ configured: name, reason: resolution.reason === "refused" ? resolution.detail : describeFailure(resolution.reason, platform) });
       continue;
     }
-    const entries = byReal.get(resolution.command.real) ?? [];
-    if (!entries.some((entry) => entry.path === resolution.command.path)) entries.push({ configured: name, ...resolution.command });
-    byReal.set(resolution.command.real, entries);
+    const key = pathKey(resolution.command.real, platform);
+    const entries = byReal.get(key) ?? [];
+    if (!entries.some((entry) => pathKey(entry.path, platform) === pathKey(resolution.command.path, platform))) entries.push({ configured: name, ...resolution.command });
+    byReal.set(key, entries);
   }
   return { byReal, ignored };
 }
 
-function describeFailure(reason: "relative" | "invalid" | "not-found"): string {
+function describeFailure(reason: "invalid" | "not-found", platform: CommandPlatform): string {
   switch (reason) {
-    case "relative":
-      return "relative paths are not allowed; use a name or an absolute path";
     case "invalid":
       return "not a valid command";
     case "not-found":
-      return `no executable file of that name (searched ${SAFE_PATH})`;
+      return `no executable file of that name (searched ${platform.safePath})`;
   }
 }
 
@@ -181,22 +216,21 @@ function describeFailure(reason: "relative" | "invalid" | "not-found"): string {
  * does not exist is refused the same way as one outside the allowlist, so the
  * answer never tells the caller which files exist.
  */
-export function authorizeCommand(command: string, allowlist: Allowlist, fs: FsProbe = nodeFsProbe): AllowedEntry {
-  const resolution = resolveCommand(command, fs);
+export function authorizeCommand(command: string, allowlist: Allowlist, fs: FsProbe = nodeFsProbe, platform: CommandPlatform = POSIX_COMMANDS): AllowedEntry {
+  const resolution = resolveCommand(command, fs, platform);
   if (!resolution.ok) {
-    if (resolution.reason === "relative") {
-      throw new RpcError("FORBIDDEN", `Command '${command}' is refused: relative paths are not allowed; use a name or an absolute path`, { command });
-    }
+    if (resolution.reason === "refused") throw new RpcError("FORBIDDEN", `Command '${command}' is refused: ${resolution.detail}`, { command });
     throw notAllowed(command);
   }
-  const entries = allowlist.byReal.get(resolution.command.real);
+  const entries = allowlist.byReal.get(pathKey(resolution.command.real, platform));
   if (!entries || entries.length === 0) throw notAllowed(command);
-  const exact = entries.find((entry) => entry.path === resolution.command.path);
+  const key = (path: string) => pathKey(path, platform);
+  const exact = entries.find((entry) => key(entry.path) === key(resolution.command.path));
   if (exact) return exact;
-  const names = new Set(entries.map((entry) => basename(entry.path)));
+  const names = new Set(entries.map((entry) => key(platform.basename(entry.path))));
   if (names.size === 1) return entries[0]!;
-  const requested = basename(resolution.command.path);
-  const sameName = entries.find((entry) => basename(entry.path) === requested);
+  const requested = key(platform.basename(resolution.command.path));
+  const sameName = entries.find((entry) => key(platform.basename(entry.path)) === requested);
   if (sameName) return sameName;
   throw new RpcError(
     "FORBIDDEN",
@@ -210,10 +244,11 @@ function notAllowed(command: string): RpcError {
 }
 
 /** cwd must be an absolute path to an existing directory; returns it. */
-export function checkCwd(cwd: string | undefined, fs: FsProbe = nodeFsProbe): string {
-  if (cwd === undefined) return "/";
+export function checkCwd(cwd: string | undefined, fs: FsProbe = nodeFsProbe, platform: CommandPlatform = POSIX_COMMANDS): string {
+  if (cwd === undefined) return platform.defaultCwd;
   if (cwd.includes("\0")) throw new RpcError("INVALID_PARAMS", "Invalid params: cwd contains a NUL byte");
-  if (!cwd.startsWith("/")) throw new RpcError("INVALID_PARAMS", `Invalid params: cwd must be an absolute path, got '${cwd}'`);
+  const problem = platform.cwdProblem(cwd);
+  if (problem) throw new RpcError("INVALID_PARAMS", `Invalid params: cwd ${problem}, got '${cwd}'`);
   const kind = fs.kind(cwd);
   if (kind === null) throw new RpcError("NOT_FOUND", `Working directory '${cwd}' does not exist`, { cwd });
   if (kind !== "directory") throw new RpcError("NOT_FOUND", `Working directory '${cwd}' is not a directory`, { cwd });

@@ -311,11 +311,11 @@ function tooLong(path: string, message: string): RpcError {
   return new RpcError("INVALID_PARAMS", `Path '${printable(path).slice(0, 64)}...' refused: ${message}`, { reason: "too_long", errno: "ENAMETOOLONG" });
 }
 
-function forbidden(path: string, message: string, reason: string): RpcError {
+export function forbidden(path: string, message: string, reason: string): RpcError {
   return new RpcError("FORBIDDEN", `Path '${printable(path)}' refused: ${message}`, { path: printable(path), reason });
 }
 
-function outside(path: string): RpcError {
+export function outside(path: string): RpcError {
   return forbidden(path, "it is outside allowed_file_paths", "outside_allowed_paths");
 }
 

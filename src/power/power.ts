@@ -66,6 +66,8 @@ export interface PowerControllerOptions {
   timers?: PowerTimers;
   /** Default GRACE_MS. */
   graceMs?: number;
+  /** The commands to try in order, already resolved; default: candidateCommands resolved in SAFE_PATH (Windows: src/power/windows.ts). */
+  plan?: (action: PowerAction, force: boolean, message: string | undefined) => string[][];
 }
 
 interface Pending {
@@ -79,6 +81,7 @@ export class PowerController implements PowerService {
   private readonly exists: (path: string) => boolean;
   private readonly timers: PowerTimers;
   private readonly graceMs: number;
+  private readonly plan: (action: PowerAction, force: boolean, message: string | undefined) => string[][];
   private pending: Pending | null = null;
   private running: PowerAction | null = null;
   /** Resolves when the last started run has finished; for tests and shutdown. */
@@ -93,6 +96,7 @@ export class PowerController implements PowerService {
     this.exists = options.exists ?? isExecutable;
     this.timers = options.timers ?? { set: (callback, ms) => setTimeout(callback, ms), clear: (handle) => clearTimeout(handle as Timer) };
     this.graceMs = options.graceMs ?? GRACE_MS;
+    this.plan = options.plan ?? ((action, force, message) => resolvePlan(candidateCommands(action, force, message), this.exists));
   }
 
   request(action: PowerAction, params: Params<"shutdown">): Result<"shutdown"> {
@@ -100,7 +104,7 @@ export class PowerController implements PowerService {
       throw new RpcError("OPERATION_FAILED", `A ${this.running} is already in progress`, { in_progress: this.running });
     }
     const message = params.message === undefined ? undefined : sanitizeMessage(params.message);
-    const plan = resolvePlan(candidateCommands(action, params.force, message), this.exists);
+    const plan = this.plan(action, params.force, message);
     if (plan.length === 0) {
       const tools = [...new Set(candidateCommands(action, params.force, message).map((argv) => argv[0]))].join(", ");
       throw new RpcError("OPERATION_FAILED", `No tool to ${action} with: none of ${tools} is in ${SAFE_PATH.join(":")}`, { path: SAFE_PATH.join(":") });
@@ -196,10 +200,11 @@ function isExecutable(path: string): boolean {
 
 const SPAWN_ENV = { PATH: SAFE_PATH.join(":"), LANG: "C", LC_ALL: "C" };
 
-async function spawnCommand(argv: string[]): Promise<ExecOutcome> {
+/** Runs a power command with a fixed environment, at most COMMAND_TIMEOUT_MS. */
+export async function spawnCommand(argv: string[], env: Record<string, string> = SPAWN_ENV): Promise<ExecOutcome> {
   let proc: ReturnType<typeof Bun.spawn>;
   try {
-    proc = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "pipe", env: SPAWN_ENV });
+    proc = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "pipe", env });
   } catch (error) {
     return { exitCode: null, error: (error as Error).message };
   }

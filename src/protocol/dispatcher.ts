@@ -30,11 +30,9 @@ export interface DispatcherDeps {
   authenticator?: RequestAuthenticator;
 }
 
-/** Implemented for Linux guests only until the Windows platform layer lands. */
+/** Implemented for Linux guests only so far: Windows answers UNSUPPORTED_OS. */
 const LINUX_ONLY = new Set<MethodName>([
-  "get_metrics", "get_users", "shutdown", "reboot",
-  "exec", "exec_start", "exec_status", "exec_kill",
-  "copy_to_guest", "copy_from_guest", "upload_start", "upload_chunk", "upload_commit", "upload_abort", "copy_archive_to_guest",
+  "upload_start", "upload_chunk", "upload_commit", "upload_abort", "copy_archive_to_guest",
   "fsfreeze_status", "fsfreeze_freeze", "fsfreeze_thaw",
   ...(Object.keys(GUEST_METHODS) as (keyof typeof GUEST_METHODS)[]),
 ]);

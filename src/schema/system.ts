@@ -68,7 +68,8 @@ const powerResult = z.strictObject({
 
 export const SYSTEM_METHODS = {
   get_metrics: {
-    summary: "CPU, memory, swap, load, disk and network I/O, filesystem usage, uptime and process count, read from /proc without child processes.",
+    summary:
+      "CPU, memory, swap, load, disk and network I/O, filesystem usage, uptime and process count, read from /proc without child processes. On Windows from Win32 calls (GetSystemTimes, GlobalMemoryStatusEx, GetDiskFreeSpaceExW per fixed drive, GetIfTable2, EnumProcesses): load is 0 and disks is empty.",
     params: z.strictObject({ format: z.enum(["json", "prometheus"]).default("json") }),
     result: z.discriminatedUnion("format", [
       metricsJson,
@@ -76,7 +77,8 @@ export const SYSTEM_METHODS = {
     ]),
   },
   get_users: {
-    summary: "Logged-in users from utmp (user, tty, host, login time): live sessions only, one entry per tty, as who(1) shows them.",
+    summary:
+      "Logged-in users from utmp (user, tty, host, login time): live sessions only, one entry per tty, as who(1) shows them. On Windows the terminal-services sessions with a user: tty is the window station, host the RDP client, pid the session id.",
     params: z.strictObject({}),
     result: z.strictObject({
       users: z.array(
@@ -92,13 +94,13 @@ export const SYSTEM_METHODS = {
   },
   shutdown: {
     summary:
-      "Power the guest off: replies first, then (at least 250 ms later) runs systemctl poweroff, falling back to shutdown -h now, then poweroff; force runs poweroff -f. A request while another is scheduled replaces it; while one runs it is refused with -32000.",
+      "Power the guest off: replies first, then (at least 250 ms later) runs systemctl poweroff, falling back to shutdown -h now, then poweroff; force runs poweroff -f. On Windows: ExitWindowsEx (SeShutdownPrivilege enabled; force is EWX_FORCE), then shutdown.exe /s. A request while another is scheduled replaces it; while one runs it is refused with -32000.",
     params: powerParams,
     result: powerResult,
   },
   reboot: {
     summary:
-      "Reboot the guest: replies first, then (at least 250 ms later) runs systemctl reboot, falling back to shutdown -r now, then reboot; force runs reboot -f. A request while another is scheduled replaces it; while one runs it is refused with -32000.",
+      "Reboot the guest: replies first, then (at least 250 ms later) runs systemctl reboot, falling back to shutdown -r now, then reboot; force runs reboot -f. On Windows: ExitWindowsEx (SeShutdownPrivilege enabled; force is EWX_FORCE), then shutdown.exe /r. A request while another is scheduled replaces it; while one runs it is refused with -32000.",
     params: powerParams,
     result: powerResult,
   },

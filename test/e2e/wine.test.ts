@@ -22,7 +22,7 @@ test.skipIf(!wineAvailable)("over stdio it answers get_info as Windows, and -320
   const requests = [
     { jsonrpc: "2.0", id: 1, method: "ping", params: { payload: "wine" } },
     { jsonrpc: "2.0", id: 2, method: "get_info" },
-    { jsonrpc: "2.0", id: 3, method: "get_metrics" },
+    { jsonrpc: "2.0", id: 3, method: "fsfreeze_status" },
   ];
   const input = Buffer.concat([SYNC_MARKER, ...requests.map((request) => frame(request))]);
   const { exitCode, stdout, stderr } = await runUnderWine(["--transport", "stdio", "--config", WINE_CONFIG], { stdin: input });

@@ -63,12 +63,18 @@ export async function stopWine(): Promise<void> {
 }
 
 /** Runs the exe under Wine to completion, stdin from `stdin` (bytes) and both outputs through files. */
-export async function runUnderWine(args: string[], { stdin, timeoutMs = 120_000 }: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
-  const { dir, exe, env } = await prepareWine();
+export async function runUnderWine(args: string[], options: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
+  const { exe } = await prepareWine();
+  return runWineProgram([exe, ...args], options);
+}
+
+/** Any Windows program in this test file's prefix (`reg`, `cmd` ...), the same way as runUnderWine. */
+export async function runWineProgram(argv: string[], { stdin, timeoutMs = 120_000 }: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
+  const { dir, env } = await prepareWine();
   const run = mkdtempSync(join(dir, "run-"));
   const [input, out, err] = ["stdin", "stdout", "stderr"].map((name) => join(run, name)) as [string, string, string];
   writeFileSync(input, stdin ?? new Uint8Array(0));
-  const proc = Bun.spawn([WINE, exe, ...args], { cwd: dir, env, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
+  const proc = Bun.spawn([WINE, ...argv], { cwd: dir, env, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const exitCode = await proc.exited;
   clearTimeout(timer);
