@@ -16,8 +16,9 @@
  *    while output waits), so the event loop never stalls on a slow host;
  *  - SetCommTimeouts(ReadIntervalTimeout = 1 ms) is tried, best-effort: a real
  *    COM port (and Wine, which treats a pty-backed \\.\Global\ port as one)
- *    would otherwise hold a read until the whole buffer is full; vioser refuses
- *    it and completes a read with whatever has arrived;
+ *    would otherwise hold a read until the whole buffer is full; vioser, not
+ *    a COM port, may refuse it (the result is ignored): its reads complete
+ *    with whatever has arrived;
  *  - share mode 0: like the Linux driver, vioser takes one opener at a time.
  * Any failed read or write (the device removed by a driver update, a host
  * gone for good) errors the stream; the transport then closes the handle — so
@@ -177,8 +178,6 @@ function openKernel32() {
     CloseHandle: { args: [FFIType.i64], returns: FFIType.i32 },
     CreateEventW: { args: [FFIType.ptr, FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i64 },
     SetCommTimeouts: { args: [FFIType.i64, FFIType.ptr], returns: FFIType.i32 },
-    RegisterWaitForSingleObject: { args: [FFIType.ptr, FFIType.i64, FFIType.ptr, FFIType.ptr, FFIType.u32, FFIType.u32], returns: FFIType.i32 },
-    UnregisterWaitEx: { args: [FFIType.i64, FFIType.i64], returns: FFIType.i32 },
     GetLastError: { args: [], returns: FFIType.u32 },
   }).symbols;
 }
@@ -230,12 +229,23 @@ class OverlappedHandle implements PortHandle {
 
   constructor(private readonly handle: bigint) {
     this.readEvent = this.createEvent();
-    this.writeEvent = this.createEvent();
+    try {
+      this.writeEvent = this.createEvent();
+    } catch (error) {
+      this.k.CloseHandle(this.readEvent);
+      throw error;
+    }
     this.readOverlapped[3] = BigInt.asUintN(64, this.readEvent);
     this.writeOverlapped[3] = BigInt.asUintN(64, this.writeEvent);
     // Kept referenced: it is what keeps the event loop waiting for the port (measured under Wine, an event
     // loop with nothing referenced spins at most of a CPU instead of sleeping).
-    this.waiter = new Worker(eventWaitWorkerUrl());
+    try {
+      this.waiter = new Worker(eventWaitWorkerUrl());
+    } catch (error) {
+      this.k.CloseHandle(this.readEvent);
+      this.k.CloseHandle(this.writeEvent);
+      throw error;
+    }
     this.waiter.onmessage = () => {
       const wake = this.signalled;
       this.signalled = null;
