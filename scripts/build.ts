@@ -26,9 +26,9 @@ export async function build(target: string): Promise<string> {
   if (!spec) throw new Error(`unknown target '${target}'; known: ${Object.keys(TARGETS).join(", ")}`);
   mkdirSync(DIST, { recursive: true });
   const outfile = binaryPath(target);
-  // --format=esm: bytecode compilation rejects top-level await otherwise.
+  // --format=esm: bytecode compilation rejects top-level await otherwise. Workers are entry points of their own.
   const proc = Bun.spawnSync(
-    [process.execPath, "build", "--compile", "--minify", "--bytecode", "--format=esm", `--target=${spec.bunTarget}`, join(ROOT, "src/main.ts"), "--outfile", outfile],
+    [process.execPath, "build", "--compile", "--minify", "--bytecode", "--format=esm", `--target=${spec.bunTarget}`, join(ROOT, "src/main.ts"), join(ROOT, "src/transport/virtio-serial/event-wait-worker.ts"), "--outfile", outfile],
     { cwd: ROOT, stdout: "pipe", stderr: "pipe" },
   );
   if (proc.exitCode !== 0) throw new Error(`bun build for ${target} failed:\n${proc.stdout}${proc.stderr}`);

@@ -80,3 +80,26 @@ export async function runWineProgram(argv: string[], { stdin, timeoutMs = 120_00
   clearTimeout(timer);
   return { exitCode, stdout: readFileSync(out), stderr: readFileSync(err, "utf8") };
 }
+
+export interface WineAgent {
+  proc: ReturnType<typeof Bun.spawn>;
+  /** What the agent has logged so far (its stderr, read back from the file). */
+  log(): string;
+  stop(): Promise<void>;
+}
+
+/** Starts the exe under Wine and leaves it running (outputs through files); stop() kills it. */
+export async function startUnderWine(args: string[]): Promise<WineAgent> {
+  const { dir, exe, env } = await prepareWine();
+  const run = mkdtempSync(join(dir, "run-"));
+  const [out, err] = ["stdout", "stderr"].map((name) => join(run, name)) as [string, string];
+  const proc = Bun.spawn([WINE, exe, ...args], { cwd: dir, env, stdin: "ignore", stdout: Bun.file(out), stderr: Bun.file(err) });
+  return {
+    proc,
+    log: () => (existsSync(err) ? readFileSync(err, "utf8") : ""),
+    async stop() {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+}

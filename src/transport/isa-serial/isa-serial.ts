@@ -11,11 +11,11 @@
  * close it and open it again after a back-off that only resets once bytes
  * have flowed, so a line that stays hung up is retried at most once a second.
  */
-import { existsSync } from "node:fs";
 import type { Logger } from "../../log/logger.ts";
 import type { AcceptConnection, Transport } from "../transport.ts";
-import { Backoff, PortConnection } from "../virtio-serial/virtio-serial.ts";
+import { Backoff, deviceMissing, devicePresent, PortConnection } from "../virtio-serial/virtio-serial.ts";
 import { LinuxSerialLine } from "./linux.ts";
+import { openWindowsLine } from "./windows.ts";
 
 /** The OS half of the transport: one open, configured line. */
 export interface SerialLine {
@@ -30,10 +30,7 @@ export type OpenLine = (path: string) => SerialLine;
 
 const HUNG_UP = "serial line hung up; reopening it";
 
-function openLinuxLine(path: string): SerialLine {
-  if (process.platform === "win32") throw new Error("the isa-serial transport is not available on Windows yet");
-  return LinuxSerialLine.open(path);
-}
+const openPlatformLine: OpenLine = process.platform === "win32" ? (path) => openWindowsLine(path) : (path) => LinuxSerialLine.open(path);
 
 export class IsaSerialTransport implements Transport {
   readonly name = "isa-serial";
@@ -46,7 +43,8 @@ export class IsaSerialTransport implements Transport {
   constructor(
     private readonly path: string,
     private readonly logger: Logger,
-    private readonly openLine: OpenLine = openLinuxLine,
+    private readonly openLine: OpenLine = openPlatformLine,
+    private readonly present: (path: string) => boolean = devicePresent,
   ) {}
 
   async start(accept: AcceptConnection): Promise<void> {
@@ -62,7 +60,7 @@ export class IsaSerialTransport implements Transport {
 
   private async serve(accept: AcceptConnection): Promise<void> {
     while (this.running) {
-      if (!existsSync(this.path)) {
+      if (!this.present(this.path)) {
         this.problem("serial device not present yet; waiting for it");
         await Bun.sleep(this.backoff.next());
         continue;
@@ -71,7 +69,7 @@ export class IsaSerialTransport implements Transport {
       try {
         line = this.openLine(this.path);
       } catch (error) {
-        this.problem(`cannot open serial device: ${(error as Error).message}`);
+        this.problem(deviceMissing(error) ? "serial device not present yet; waiting for it" : `cannot open serial device: ${(error as Error).message}`);
         await Bun.sleep(this.backoff.next());
         continue;
       }

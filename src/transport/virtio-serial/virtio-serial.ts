@@ -12,6 +12,7 @@ import type { Logger } from "../../log/logger.ts";
 import { BufferedConnection } from "../buffered-connection.ts";
 import type { AcceptConnection, Transport } from "../transport.ts";
 import { LinuxPortDevice } from "./linux.ts";
+import { Win32Error, WindowsPortDevice } from "./windows.ts";
 
 /** The OS half of the transport: one open port. */
 export interface PortDevice {
@@ -50,10 +51,15 @@ export class Backoff {
   }
 }
 
-function openLinuxPort(path: string): PortDevice {
-  if (process.platform === "win32") throw new Error("the virtio-serial transport is not available on Windows yet");
-  return LinuxPortDevice.open(path);
+/** Windows has no device node to look for: CreateFileW itself says whether the port is there (Win32Error.deviceMissing). */
+export const devicePresent = process.platform === "win32" ? () => true : existsSync;
+
+/** True when opening failed only because the device is not there (yet, or any more). */
+export function deviceMissing(error: unknown): boolean {
+  return error instanceof Win32Error && error.deviceMissing;
 }
+
+const openPlatformPort: OpenPort = process.platform === "win32" ? (path) => WindowsPortDevice.open(path) : (path) => LinuxPortDevice.open(path);
 
 export class VirtioSerialTransport implements Transport {
   readonly name = "virtio-serial";
@@ -66,7 +72,8 @@ export class VirtioSerialTransport implements Transport {
   constructor(
     private readonly path: string,
     private readonly logger: Logger,
-    private readonly openPort: OpenPort = openLinuxPort,
+    private readonly openPort: OpenPort = openPlatformPort,
+    private readonly present: (path: string) => boolean = devicePresent,
   ) {}
 
   async start(accept: AcceptConnection): Promise<void> {
@@ -82,7 +89,7 @@ export class VirtioSerialTransport implements Transport {
 
   private async serve(accept: AcceptConnection): Promise<void> {
     while (this.running) {
-      if (!existsSync(this.path)) {
+      if (!this.present(this.path)) {
         this.problem("port not present yet; waiting for it");
         await Bun.sleep(this.backoff.next());
         continue;
@@ -91,7 +98,7 @@ export class VirtioSerialTransport implements Transport {
       try {
         port = this.openPort(this.path);
       } catch (error) {
-        this.problem(`cannot open port: ${(error as Error).message}`);
+        this.problem(deviceMissing(error) ? "port not present yet; waiting for it" : `cannot open port: ${(error as Error).message}`);
         await Bun.sleep(this.backoff.next());
         continue;
       }
