@@ -58,19 +58,50 @@ export function prepareWine(): Promise<WineDir> {
 export async function stopWine(): Promise<void> {
   if (!prepared) return;
   const { env } = await prepared;
+  // bun test shares modules between test files: the next file must get a prefix (and wineserver -p) of its own.
+  prepared = null;
   Bun.spawnSync(["wineserver", "-k"], { env, stdin: "ignore", stdout: "ignore", stderr: "ignore" });
   Bun.spawnSync(["wineserver", "-w"], { env, stdin: "ignore", stdout: "ignore", stderr: "ignore" });
 }
 
+export interface WineRunOptions {
+  stdin?: Uint8Array;
+  timeoutMs?: number;
+  /** Wine's debug channels, e.g. "+eventlog" (default: none). */
+  wineDebug?: string;
+}
+
 /** Runs the exe under Wine to completion, stdin from `stdin` (bytes) and both outputs through files. */
-export async function runUnderWine(args: string[], { stdin, timeoutMs = 120_000 }: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
-  const { dir, exe, env } = await prepareWine();
+export async function runUnderWine(args: string[], options: WineRunOptions = {}) {
+  const { exe } = await prepareWine();
+  return runWine([exe, ...args], options);
+}
+
+/** Runs a Windows program under Wine (`sc`, `msiexec`, `reg`, or an exe's path) to completion, outputs through files. */
+export async function runWine(argv: string[], { stdin, timeoutMs = 120_000, wineDebug = "-all" }: WineRunOptions = {}) {
+  const { dir, env } = await prepareWine();
   const run = mkdtempSync(join(dir, "run-"));
   const [input, out, err] = ["stdin", "stdout", "stderr"].map((name) => join(run, name)) as [string, string, string];
   writeFileSync(input, stdin ?? new Uint8Array(0));
-  const proc = Bun.spawn([WINE, exe, ...args], { cwd: dir, env, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
+  const proc = Bun.spawn([WINE, ...argv], { cwd: dir, env: { ...env, WINEDEBUG: wineDebug }, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const exitCode = await proc.exited;
   clearTimeout(timer);
   return { exitCode, stdout: readFileSync(out), stderr: readFileSync(err, "utf8") };
+}
+
+/** A Linux path as Wine's Windows programs name it (drive Z: is /). */
+export function winePath(path: string): string {
+  return `Z:${path.replaceAll("/", "\\")}`;
+}
+
+/**
+ * The prefix's C:\windows\system32, where the stand-in DLL goes for an exe installed elsewhere
+ * (by the MSI): the loader finds it there, as Wine has no bcryptprimitives.dll of its own.
+ */
+export async function installStandInDll(): Promise<void> {
+  const { dir, env } = await prepareWine();
+  // The prefix is created by the first Wine program; make sure it exists.
+  await runWine(["cmd", "/c", "exit"]);
+  writeFileSync(join(env.WINEPREFIX!, "drive_c", "windows", "system32", "bcryptprimitives.dll"), readFileSync(join(dir, "bcryptprimitives.dll")));
 }
