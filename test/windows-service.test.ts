@@ -63,7 +63,7 @@ function slowAgent() {
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
 describe("service state machine", () => {
-  test("start: START_PENDING at once, RUNNING once the agent is up, accepting stop and shutdown", async () => {
+  test("start: START_PENDING at once, RUNNING once the agent is up, accepting stop, preshutdown and shutdown", async () => {
     const fake = fakeScm();
     let resolveStart!: (agent: StoppableAgent) => void;
     const done = runService(fake.scm, () => new Promise((resolve) => (resolveStart = resolve)), silentLogger, () => 10);
@@ -73,7 +73,7 @@ describe("service state machine", () => {
     resolveStart({ stop: async () => {} });
     await settle();
     expect(fake.states()).toEqual(["startPending", "running"]);
-    expect(fake.statuses[1]).toEqual({ state: SERVICE_STATE.running, controlsAccepted: 0x1 | 0x4, win32ExitCode: 0, serviceExitCode: 0, checkPoint: 0, waitHintMs: 0 });
+    expect(fake.statuses[1]).toEqual({ state: SERVICE_STATE.running, controlsAccepted: 0x1 | 0x4 | 0x100, win32ExitCode: 0, serviceExitCode: 0, checkPoint: 0, waitHintMs: 0 });
     fake.control(SERVICE_CONTROL.stop);
     expect(await done).toBe(0);
   });
@@ -99,18 +99,20 @@ describe("service state machine", () => {
     expect(fake.statuses[3]).toMatchObject({ win32ExitCode: 0, serviceExitCode: 0 });
   });
 
-  test("shutdown stops the agent the same way, with the reason logged as a shutdown", async () => {
-    const fake = fakeScm();
-    const slow = slowAgent();
-    const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 10);
-    fake.start();
-    await settle();
-    fake.control(SERVICE_CONTROL.shutdown);
-    await settle();
-    slow.finish();
-    expect(await done).toBe(0);
-    expect(slow.stops).toEqual(["system shutdown"]);
-    expect(fake.states()).toEqual(["startPending", "running", "stopPending", "stopped"]);
+  test("preshutdown and shutdown stop the agent the same way, with the reason logged as a shutdown", async () => {
+    for (const control of [SERVICE_CONTROL.preshutdown, SERVICE_CONTROL.shutdown]) {
+      const fake = fakeScm();
+      const slow = slowAgent();
+      const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 10);
+      fake.start();
+      await settle();
+      fake.control(control);
+      await settle();
+      slow.finish();
+      expect(await done).toBe(0);
+      expect(slow.stops).toEqual(["system shutdown"]);
+      expect(fake.states()).toEqual(["startPending", "running", "stopPending", "stopped"]);
+    }
   });
 
   test("a stop that comes while the agent is still starting waits for the start, then stops it", async () => {

@@ -1,21 +1,23 @@
 /**
  * The agent as a Windows service: it answers the service control manager so
  * that start, stop and shutdown never end in error 1053. START_PENDING at
- * once, RUNNING when the ports are open; STOP or SHUTDOWN runs the agent's
+ * once, RUNNING when the ports are open; STOP, PRESHUTDOWN or SHUTDOWN runs the agent's
  * graceful stop (running calls finish, up to stop_grace_seconds) behind
  * STOP_PENDING, then STOPPED. The SCM's calls are injected (`scmApi` is the
  * real one), so the state machine is unit-tested on Linux.
  */
 import type { Logger } from "../log/logger.ts";
-import { advapi32, check, runServiceDispatcher, Win32Error } from "./advapi32.ts";
 import { ptr } from "bun:ffi";
+import { advapi32, check, lastError, runServiceDispatcher, Win32Error } from "./advapi32.ts";
 
 export const SERVICE_NAME = "kvm-manager-agent";
 
 export const SERVICE_STATE = { stopped: 1, startPending: 2, stopPending: 3, running: 4 } as const;
-export const SERVICE_CONTROL = { stop: 1, interrogate: 4, shutdown: 5 } as const;
+export const SERVICE_CONTROL = { stop: 1, interrogate: 4, shutdown: 5, preshutdown: 0xf } as const;
 const SERVICE_ACCEPT_STOP = 0x1;
 const SERVICE_ACCEPT_SHUTDOWN = 0x4;
+/** PRESHUTDOWN comes before SHUTDOWN with the service's own time limit (PreshutdownTimeout, 3 min by default), not the few seconds SHUTDOWN leaves. */
+const SERVICE_ACCEPT_PRESHUTDOWN = 0x100;
 const SERVICE_WIN32_OWN_PROCESS = 0x10;
 const ERROR_SERVICE_SPECIFIC_ERROR = 1066;
 /** How long the SCM waits for RUNNING before it gives up (the transports only open ports, which is quick). */
@@ -55,7 +57,7 @@ export async function runService(scm: ServiceControlManager, start: () => Promis
     const pending = state === SERVICE_STATE.startPending || state === SERVICE_STATE.stopPending;
     current = {
       state,
-      controlsAccepted: state === SERVICE_STATE.running ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN : 0,
+      controlsAccepted: state === SERVICE_STATE.running ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN | SERVICE_ACCEPT_PRESHUTDOWN : 0,
       win32ExitCode: 0,
       serviceExitCode: 0,
       checkPoint: pending ? ++checkPoint : 0,
@@ -94,7 +96,7 @@ export async function runService(scm: ServiceControlManager, start: () => Promis
     })();
   };
   const onControl = (control: number) => {
-    if (control === SERVICE_CONTROL.stop || control === SERVICE_CONTROL.shutdown) {
+    if (control === SERVICE_CONTROL.stop || control === SERVICE_CONTROL.shutdown || control === SERVICE_CONTROL.preshutdown) {
       logger.info("service control", { control: control === SERVICE_CONTROL.stop ? "stop" : "shutdown" });
       void stop(control === SERVICE_CONTROL.stop ? "service stop" : "system shutdown");
     } else if (control === SERVICE_CONTROL.interrogate && current) {
@@ -136,7 +138,7 @@ export function scmApi(name = SERVICE_NAME): ServiceControlManager {
     setStatus(status) {
       if (handle === null) throw new Error("SetServiceStatus before the SCM started the service");
       const struct = serviceStatusStruct(status);
-      if (advapi32().SetServiceStatus(handle, ptr(struct)) === 0) throw new Win32Error("SetServiceStatus", 0);
+      if (advapi32().SetServiceStatus(handle, ptr(struct)) === 0) throw new Win32Error("SetServiceStatus", lastError());
     },
   };
 }

@@ -11,7 +11,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildMsi } from "../../scripts/package.ts";
 import { decodeFrames, eventually, frame, makeTempDir } from "../helpers/agent-process.ts";
-import { installStandInDll, prepareWine, runUnderWine, runWine, stopWine, WINE_CONFIG, wineAvailable, winePath } from "../helpers/wine.ts";
+import { installStandInDll, prepareWine, runUnderWine, runWineProgram, stopWine, WINE_CONFIG, wineAvailable, winePath } from "../helpers/wine.ts";
 import { SYNC_MARKER } from "../../src/protocol/framing.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
 
@@ -21,7 +21,7 @@ const msitoolsAvailable = Bun.which("wixl") !== null && Bun.which("msibuild") !=
 
 /** `sc query NAME`'s state and exit codes, or null when there is no such service. */
 async function query(name: string): Promise<{ state: string; win32ExitCode: number } | null> {
-  const { exitCode, stdout } = await runWine(["sc", "query", name]);
+  const { exitCode, stdout } = await runWineProgram(["sc", "query", name]);
   if (exitCode !== 0) return null;
   const text = stdout.toString();
   return { state: /STATE\s+:\s+\d+\s+(\w+)/.exec(text)![1]!, win32ExitCode: Number(/WIN32_EXIT_CODE\s+:\s+(\d+)/.exec(text)![1]) };
@@ -29,7 +29,7 @@ async function query(name: string): Promise<{ state: string; win32ExitCode: numb
 
 /** The service's key: Wine's sc has no `qc`, so its config is read where the SCM keeps it. */
 async function serviceKey(name: string): Promise<Record<string, string>> {
-  const { stdout } = await runWine(["reg", "query", `HKLM\\System\\CurrentControlSet\\Services\\${name}`]);
+  const { stdout } = await runWineProgram(["reg", "query", `HKLM\\System\\CurrentControlSet\\Services\\${name}`]);
   const values: Record<string, string> = {};
   for (const match of stdout.toString().matchAll(/^\s{4}(\S+)\s+REG_\w+\s+(.*?)\r?$/gm)) values[match[1]!] = match[2]!;
   return values;
@@ -52,8 +52,8 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
     const config = join(dir, "service.toml");
     writeFileSync(config, `[transport]\ntype = "unix-listen"\npath = ${JSON.stringify(pipe)}\n[qga]\nenabled = false\n[logging]\naudit_file = ${JSON.stringify(winePath(join(dir, "service-audit.jsonl")))}\n`);
     const binPath = `${winePath(join(dir, "kvm-manager-agent.exe"))} --service --config ${winePath(config)}`;
-    expect((await runWine(["sc", "create", "kma-test", "binPath=", binPath])).exitCode).toBe(0);
-    const started = await runWine(["sc", "start", "kma-test"]);
+    expect((await runWineProgram(["sc", "create", "kma-test", "binPath=", binPath])).exitCode).toBe(0);
+    const started = await runWineProgram(["sc", "start", "kma-test"]);
     expect(started.exitCode).toBe(0);
     // What the SCM says right after the start: START_PENDING, or RUNNING already.
     expect(started.stdout.toString()).toMatch(/STATE\s+:\s+(2\s+START_PENDING|4\s+RUNNING)/);
@@ -62,7 +62,7 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
     const ping = await runUnderWine(["ping", "--socket", pipe, "--json"]);
     expect(JSON.parse(ping.stdout.toString())).toEqual({ pong: true });
 
-    expect((await runWine(["sc", "stop", "kma-test"])).exitCode).toBe(0);
+    expect((await runWineProgram(["sc", "stop", "kma-test"])).exitCode).toBe(0);
     expect(await settledState("kma-test")).toEqual({ state: "STOPPED", win32ExitCode: 0 });
     const log = logLines(join(dir, "agent.log"));
     const messages = log.map((line) => line.msg);
@@ -72,7 +72,7 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
     expect(log.find((line) => line.msg === "stopping")).toMatchObject({ reason: "service stop", calls_running: 0 });
     expect(log.filter((line) => line.level === "error")).toEqual([]);
     expect(logLines(join(dir, "service-audit.jsonl"))).toEqual([expect.objectContaining({ method: "ping", transport: "unix-listen", outcome: "ok" })]);
-    expect((await runWine(["sc", "delete", "kma-test"])).exitCode).toBe(0);
+    expect((await runWineProgram(["sc", "delete", "kma-test"])).exitCode).toBe(0);
   }, 300_000);
 
   test("a start that fails (a bad config) reports STOPPED with error 1066 and logs why", async () => {
@@ -82,12 +82,12 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
     const badConfig = join(badDir, "config.toml");
     writeFileSync(badConfig, "[transport]\ntype = \"carrier-pigeon\"\n");
     const binPath = `${winePath(join(dir, "kvm-manager-agent.exe"))} --service --config ${winePath(badConfig)}`;
-    expect((await runWine(["sc", "create", "kma-bad", "binPath=", binPath])).exitCode).toBe(0);
-    await runWine(["sc", "start", "kma-bad"]);
+    expect((await runWineProgram(["sc", "create", "kma-bad", "binPath=", binPath])).exitCode).toBe(0);
+    await runWineProgram(["sc", "start", "kma-bad"]);
     expect(await settledState("kma-bad")).toEqual({ state: "STOPPED", win32ExitCode: 1066 });
     const log = logLines(join(badDir, "agent.log"));
     expect(log.find((line) => line.level === "error")).toMatchObject({ msg: "the service could not start", error: expect.stringContaining("config.toml: [transport] type: Invalid option") });
-    expect((await runWine(["sc", "delete", "kma-bad"])).exitCode).toBe(0);
+    expect((await runWineProgram(["sc", "delete", "kma-bad"])).exitCode).toBe(0);
   }, 300_000);
 
   test("--install-service registers it (auto start, LocalSystem, --service); --uninstall-service removes it", async () => {
@@ -138,7 +138,7 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
 
 /** The versions of KVM Manager Agent that Windows lists as installed (the Uninstall key). */
 async function installedVersions(): Promise<string[]> {
-  const { stdout } = await runWine(["reg", "query", "HKLM\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall", "/s"]);
+  const { stdout } = await runWineProgram(["reg", "query", "HKLM\\Software\\Microsoft\\Windows\\CurrentVersion\\Uninstall", "/s"]);
   const versions: string[] = [];
   for (const entry of stdout.toString().split(/\r?\n(?=HKEY_)/)) {
     if (/DisplayName\s+REG_SZ\s+KVM Manager Agent\r?$/m.test(entry)) versions.push(/DisplayVersion\s+REG_SZ\s+(\S+)/.exec(entry)?.[1] ?? "?");
@@ -165,7 +165,7 @@ describe.skipIf(!wineAvailable || !msitoolsAvailable)("the MSI under Wine's msie
         throw new Error(`no "${msg}" in ${dataDir}/agent.log; the directory holds: ${existsSync(dataDir) ? readdirSync(dataDir).join(", ") : "nothing"}`);
       });
 
-    expect((await runWine(["msiexec", "/i", winePath(msi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
+    expect((await runWineProgram(["msiexec", "/i", winePath(msi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
     expect(readFileSync(exe).equals(readFileSync(join(import.meta.dir, "../../dist/kvm-manager-agent-windows-x64.exe")))).toBe(true);
     expect(readFileSync(config, "utf8")).toBe(readFileSync(join(import.meta.dir, "../../installers/config.toml"), "utf8"));
     expect(await settledState("kvm-manager-agent")).toEqual({ state: "RUNNING", win32ExitCode: 0 });
@@ -175,14 +175,14 @@ describe.skipIf(!wineAvailable || !msitoolsAvailable)("the MSI under Wine's msie
     expect(await installedVersions()).toEqual([AGENT_VERSION]);
 
     writeFileSync(config, "# the admin's own\n");
-    expect((await runWine(["msiexec", "/i", winePath(nextMsi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
+    expect((await runWineProgram(["msiexec", "/i", winePath(nextMsi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
     expect(await installedVersions()).toEqual([nextVersion]);
     expect(readFileSync(config, "utf8")).toBe("# the admin's own\n");
     expect(await settledState("kvm-manager-agent")).toEqual({ state: "RUNNING", win32ExitCode: 0 });
     // The old one was stopped gracefully before the new one started.
     expect(log().filter((line) => ["agent started", "service stopped"].includes(line.msg)).map((line) => line.msg)).toEqual(["agent started", "service stopped", "agent started"]);
 
-    expect((await runWine(["msiexec", "/x", winePath(nextMsi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
+    expect((await runWineProgram(["msiexec", "/x", winePath(nextMsi), "/qn"], { timeoutMs: 300_000 })).exitCode).toBe(0);
     expect(await query("kvm-manager-agent")).toBeNull();
     expect(existsSync(exe)).toBe(false);
     expect(await installedVersions()).toEqual([]);

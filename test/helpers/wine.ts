@@ -74,16 +74,22 @@ export interface WineRunOptions {
 /** Runs the exe under Wine to completion, stdin from `stdin` (bytes) and both outputs through files. */
 export async function runUnderWine(args: string[], options: WineRunOptions = {}) {
   const { exe } = await prepareWine();
-  return runWine([exe, ...args], options);
+  return runWineProgram([exe, ...args], options);
 }
 
-/** Runs a Windows program under Wine (`sc`, `msiexec`, `reg`, or an exe's path) to completion, outputs through files. */
-export async function runWine(argv: string[], { stdin, timeoutMs = 120_000, wineDebug = "-all" }: WineRunOptions = {}) {
+/** Any Windows program in this test file's prefix (`reg`, `cmd`, `sc`, `msiexec` ...), the same way as runUnderWine. */
+export async function runWineProgram(argv: string[], { stdin, timeoutMs = 120_000, wineDebug }: WineRunOptions = {}) {
   const { dir, env } = await prepareWine();
   const run = mkdtempSync(join(dir, "run-"));
   const [input, out, err] = ["stdin", "stdout", "stderr"].map((name) => join(run, name)) as [string, string, string];
   writeFileSync(input, stdin ?? new Uint8Array(0));
-  const proc = Bun.spawn([WINE, ...argv], { cwd: dir, env: { ...env, WINEDEBUG: wineDebug }, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
+  const proc = Bun.spawn([WINE, ...argv], {
+    cwd: dir,
+    env: wineDebug === undefined ? env : { ...env, WINEDEBUG: wineDebug },
+    stdin: Bun.file(input),
+    stdout: Bun.file(out),
+    stderr: Bun.file(err),
+  });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const exitCode = await proc.exited;
   clearTimeout(timer);
@@ -102,6 +108,6 @@ export function winePath(path: string): string {
 export async function installStandInDll(): Promise<void> {
   const { dir, env } = await prepareWine();
   // The prefix is created by the first Wine program; make sure it exists.
-  await runWine(["cmd", "/c", "exit"]);
+  await runWineProgram(["cmd", "/c", "exit"]);
   writeFileSync(join(env.WINEPREFIX!, "drive_c", "windows", "system32", "bcryptprimitives.dll"), readFileSync(join(dir, "bcryptprimitives.dll")));
 }
