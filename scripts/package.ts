@@ -4,6 +4,8 @@
  *   kvm-manager-agent_<v>_<amd64|arm64>.deb      built with dpkg-deb (no debhelper)
  *   kvm-manager-agent-<v>-1.<x86_64|aarch64>.rpm   built with rpmbuild from installers/linux/rpm
  *   kvm-manager-agent-<v>-linux-<x64|arm64>.tar.gz binary, unit, udev rule, init script, install.sh
+ * the Windows installer, when dist/ has the Windows exe:
+ *   kvm-manager-agent-<v>-x64.msi                  built with wixl from installers/windows (docs/windows.md)
  * and dist/SHA256SUMS over the binaries and packages.
  *
  * Usage: bun scripts/package.ts [--arch x64|arm64]... [--out DIR] [--version V] [--fast] [--lint]
@@ -268,6 +270,38 @@ export function lintPackages(packages: Packages): string {
   return `${lintianOut}${rpmlintOut}`;
 }
 
+/**
+ * The MSI: wixl builds it from installers/windows/kvm-manager-agent.wxs; msibuild then marks the default
+ * config's component permanent and never-overwritten, which wixl cannot say (an upgrade or uninstall keeps the admin's edits).
+ */
+export function buildMsi(opts: { out: string; version: string }): string {
+  need("wixl", "wixl");
+  need("msibuild", "msitools");
+  const exe = binaryPath("windows-x64");
+  if (!existsSync(exe)) throw new Error(`${exe} is missing: bun scripts/build.ts windows-x64`);
+  // ProductVersion is numbers only: 0.1.0-2 is packaged as 0.1.0.2.
+  const version = opts.version.replace("-", ".");
+  if (!/^\d+\.\d+\.\d+(\.\d+)?$/.test(version)) throw new Error(`MSI version must be numeric (got '${opts.version}')`);
+  mkdirSync(opts.out, { recursive: true });
+  const out = join(opts.out, `kvm-manager-agent-${opts.version}-x64.msi`);
+  // wixl takes sources relative to its working directory.
+  const relative = (path: string) => path.slice(ROOT.length + 1);
+  run(
+    ["wixl", "-a", "x64", "-D", `Version=${version}`, "-D", `ExeSource=${relative(exe)}`, "-D", "ConfigSource=installers/config.toml", "-o", out, "installers/windows/kvm-manager-agent.wxs"],
+    { cwd: ROOT },
+  );
+  // 0x100 64-bit, 0x80 NeverOverwrite, 0x10 Permanent.
+  run(["msibuild", out, "-q", "UPDATE Component SET Attributes = 400 WHERE Component = 'DefaultConfig'"]);
+  return out;
+}
+
+/** One table of an MSI as rows of named columns, read with msiinfo. */
+export function readMsiTable(msi: string, table: string): Record<string, string>[] {
+  const [columns, , , ...rows] = run(["msiinfo", "export", msi, table]).split(/\r?\n/).filter((line) => line !== "");
+  const names = columns!.split("\t");
+  return rows.map((row) => Object.fromEntries(row.split("\t").map((value, i) => [names[i], value])));
+}
+
 export function buildPackages(opts: PackageOptions): Record<string, Packages> {
   mkdirSync(opts.out, { recursive: true });
   const work = mkdtempSync(join(tmpdir(), "kma-package-"));
@@ -304,6 +338,7 @@ if (import.meta.main) {
   const opts: PackageOptions = { arches: values.arch ?? Object.keys(ARCHES), out: values.out ?? DIST, version: values.version ?? pkg.version, fast: values.fast ?? false };
   const results = buildPackages(opts);
   const files = Object.values(results).flatMap((p) => [p.deb, p.rpm, p.tarball]);
+  if (existsSync(binaryPath("windows-x64"))) files.push(buildMsi(opts));
   for (const file of files) console.log(`packaged ${file} (${(statSync(file).size / 1e6).toFixed(1)} MB)`);
   if (values.lint) for (const packages of Object.values(results)) console.log(lintPackages(packages).trim() || `lint clean: ${basename(packages.deb)}, ${basename(packages.rpm)}`);
   if (opts.out === DIST) {

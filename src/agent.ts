@@ -4,6 +4,7 @@ import { createServices } from "./create-services.ts";
 import type { FsFreeze, Holdable } from "./fsfreeze/fsfreeze.ts";
 import { openAuditFile, teeAudit } from "./log/audit.ts";
 import { openSyslogAudit } from "./log/syslog.ts";
+import { eventLogWriter, openEventLogAudit } from "./log/eventlog.ts";
 import type { Logger } from "./log/logger.ts";
 import { Dispatcher } from "./protocol/dispatcher.ts";
 import { RpcSession } from "./protocol/session.ts";
@@ -31,8 +32,13 @@ export interface RunningAgent {
 export async function startAgent(config: AgentConfig, logger: Logger, logLines?: Holdable): Promise<RunningAgent> {
   const { hmac_key_file: keyFile, hmac_window_seconds: windowSeconds } = config.security;
   const authenticator = keyFile ? new RequestAuthenticator(loadHmacKey(keyFile), windowSeconds * 1000) : undefined;
-  const { audit_file: auditFile, audit_syslog: auditSyslog, syslog_socket: syslogSocket } = config.logging;
-  const audit = teeAudit([...(auditFile ? [openAuditFile(auditFile)] : []), ...(auditSyslog ? [openSyslogAudit(syslogSocket)] : [])]);
+  const { audit_file: auditFile, audit_syslog: auditSyslog, syslog_socket: syslogSocket, audit_eventlog: auditEventLog } = config.logging;
+  const eventLog = auditEventLog && process.platform === "win32";
+  const audit = teeAudit([
+    ...(auditFile ? [openAuditFile(auditFile)] : []),
+    ...(auditSyslog ? [openSyslogAudit(syslogSocket)] : []),
+    ...(eventLog ? [openEventLogAudit(eventLogWriter)] : []),
+  ]);
   const services = createServices(config, logger, audit);
   const { fsfreeze } = services;
   if (logLines) fsfreeze.addHoldable(logLines);
@@ -106,7 +112,7 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
     version: AGENT_VERSION,
     transport: transport?.name ?? "off",
     qga: qgaTransport ? `${config.qga.type} ${config.qga.type === "vsock-listen" ? config.qga.vsock_port : config.qga.path}` : "off",
-    audit: [auditFile, auditSyslog ? `syslog ${syslogSocket}` : ""].filter(Boolean).join(", ") || "off",
+    audit: [auditFile, auditSyslog ? `syslog ${syslogSocket}` : "", eventLog ? "Event Log" : ""].filter(Boolean).join(", ") || "off",
   });
   return { stop, fsfreeze };
 }

@@ -12,6 +12,7 @@ import { applyArgs, parseAgentArgs, UsageError, type AgentArgs } from "./cli/age
 import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.ts";
 import { dumpQemuGaConf, invokedAsQemuGa, parseQemuGaArgs, QEMU_GA_USAGE, qemuGaConfig } from "./cli/qemu-ga.ts";
 import { runSelfTest } from "./cli/self-test.ts";
+import { runWindowsServiceCommand } from "./service/command.ts";
 import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
@@ -32,6 +33,10 @@ const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agen
       --print-config     print the effective config as TOML and exit
       --self-test        check config, ports, permissions and platform; print a report
                          (exit status 1 when something is wrong)
+      --install-service  Windows: register the agent as the service kvm-manager-agent
+                         (auto start, LocalSystem, restart on failure; with --config FILE, that file)
+      --uninstall-service  Windows: stop and remove the service
+      --service          Windows: run as the service (the installed command line passes it)
   -h, --help             this text
   -V, --version          agent and protocol version
 `;
@@ -57,6 +62,7 @@ async function main(argv: string[]): Promise<number> {
     console.log(`kvm-manager-agent ${AGENT_VERSION} (protocol ${PROTOCOL_VERSION})`);
     return 0;
   }
+  if (args.installService || args.uninstallService || args.service) return runWindowsServiceCommand(args);
   return runAgent(args);
 }
 

@@ -15,6 +15,10 @@ export interface AgentArgs {
   checkConfig: boolean;
   printConfig: boolean;
   selfTest: boolean;
+  /** Windows: run under the service control manager (the command line the service is installed with). */
+  service: boolean;
+  installService: boolean;
+  uninstallService: boolean;
   help: boolean;
   version: boolean;
 }
@@ -37,6 +41,9 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
         "check-config": { type: "boolean" },
         "print-config": { type: "boolean" },
         "self-test": { type: "boolean" },
+        service: { type: "boolean" },
+        "install-service": { type: "boolean" },
+        "uninstall-service": { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -70,6 +77,9 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     checkConfig: values["check-config"] ?? false,
     printConfig: values["print-config"] ?? false,
     selfTest: values["self-test"] ?? false,
+    service: values.service ?? false,
+    installService: values["install-service"] ?? false,
+    uninstallService: values["uninstall-service"] ?? false,
     help: values.help ?? false,
     version: values.version ?? false,
   };

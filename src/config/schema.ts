@@ -127,6 +127,10 @@ export const configSchema = z.strictObject({
       audit_file: z.string().default(DEFAULT_AUDIT_FILE).describe("JSON-lines audit log; empty string turns the file off"),
       audit_syslog: z.boolean().default(false).describe("Also send each audit record to the system log (RFC 5424, facility authpriv)"),
       syslog_socket: absolutePath.default("/dev/log").describe("The system log's unix datagram socket"),
+      audit_eventlog: z
+        .boolean()
+        .default(process.platform === "win32")
+        .describe("Windows: also write each audit record to the Event Log (Application, source kvm-manager-agent); on by default there"),
     })
     .prefault({}),
 });

@@ -7,7 +7,7 @@
  * bcryptprimitives.c, built with mingw) goes next to the exe; output must go to
  * files (piping Wine's output hangs); one wineserver (-p) per test process.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ROOT } from "./agent-process.ts";
@@ -57,24 +57,41 @@ export function prepareWine(): Promise<WineDir> {
 /** Call from afterAll: kills this test file's wineserver and the Windows processes it keeps (winedevice.exe ...). */
 export async function stopWine(): Promise<void> {
   if (!prepared) return;
-  const { env } = await prepared;
+  const { dir, env } = await prepared;
+  // bun test shares modules between test files: the next file must get a prefix (and wineserver -p) of its own.
+  prepared = null;
   Bun.spawnSync(["wineserver", "-k"], { env, stdin: "ignore", stdout: "ignore", stderr: "ignore" });
   Bun.spawnSync(["wineserver", "-w"], { env, stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+  // The prefix and the exe are ~1 GB: left behind, a few dozen runs fill the disk.
+  rmSync(dir, { recursive: true, force: true });
+}
+
+export interface WineRunOptions {
+  stdin?: Uint8Array;
+  timeoutMs?: number;
+  /** Wine's debug channels, e.g. "+eventlog" (default: none). */
+  wineDebug?: string;
 }
 
 /** Runs the exe under Wine to completion, stdin from `stdin` (bytes) and both outputs through files. */
-export async function runUnderWine(args: string[], options: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
+export async function runUnderWine(args: string[], options: WineRunOptions = {}) {
   const { exe } = await prepareWine();
   return runWineProgram([exe, ...args], options);
 }
 
-/** Any Windows program in this test file's prefix (`reg`, `cmd` ...), the same way as runUnderWine. */
-export async function runWineProgram(argv: string[], { stdin, timeoutMs = 120_000 }: { stdin?: Uint8Array; timeoutMs?: number } = {}) {
+/** Any Windows program in this test file's prefix (`reg`, `cmd`, `sc`, `msiexec` ...), the same way as runUnderWine. */
+export async function runWineProgram(argv: string[], { stdin, timeoutMs = 120_000, wineDebug }: WineRunOptions = {}) {
   const { dir, env } = await prepareWine();
   const run = mkdtempSync(join(dir, "run-"));
   const [input, out, err] = ["stdin", "stdout", "stderr"].map((name) => join(run, name)) as [string, string, string];
   writeFileSync(input, stdin ?? new Uint8Array(0));
-  const proc = Bun.spawn([WINE, ...argv], { cwd: dir, env, stdin: Bun.file(input), stdout: Bun.file(out), stderr: Bun.file(err) });
+  const proc = Bun.spawn([WINE, ...argv], {
+    cwd: dir,
+    env: wineDebug === undefined ? env : { ...env, WINEDEBUG: wineDebug },
+    stdin: Bun.file(input),
+    stdout: Bun.file(out),
+    stderr: Bun.file(err),
+  });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const exitCode = await proc.exited;
   clearTimeout(timer);
@@ -102,4 +119,20 @@ export async function startUnderWine(args: string[]): Promise<WineAgent> {
       await proc.exited;
     },
   };
+}
+
+/** A Linux path as Wine's Windows programs name it (drive Z: is /). */
+export function winePath(path: string): string {
+  return `Z:${path.replaceAll("/", "\\")}`;
+}
+
+/**
+ * The prefix's C:\windows\system32, where the stand-in DLL goes for an exe installed elsewhere
+ * (by the MSI): the loader finds it there, as Wine has no bcryptprimitives.dll of its own.
+ */
+export async function installStandInDll(): Promise<void> {
+  const { dir, env } = await prepareWine();
+  // The prefix is created by the first Wine program; make sure it exists.
+  await runWineProgram(["cmd", "/c", "exit"]);
+  writeFileSync(join(env.WINEPREFIX!, "drive_c", "windows", "system32", "bcryptprimitives.dll"), readFileSync(join(dir, "bcryptprimitives.dll")));
 }
