@@ -31,8 +31,11 @@ describe.skipIf(!msitoolsAvailable)("the MSI's tables", () => {
       expect.arrayContaining([
         { Directory: "INSTALLDIR", Directory_Parent: "ProgramFiles64Folder", DefaultDir: "KVM Manager Agent" },
         { Directory: "CONFIGDIR", Directory_Parent: "CommonAppDataFolder", DefaultDir: "kvm-manager-agent" },
+        // allowed_file_paths' default root on Windows, created empty.
+        { Directory: "FILESDIR", Directory_Parent: "CONFIGDIR", DefaultDir: "files" },
       ]),
     );
+    expect(table("CreateFolder")).toEqual([{ Directory_: "FILESDIR", Component_: "FilesRoot" }]);
     expect(table("File").map(({ File, Component_, FileName, FileSize }) => ({ File, Component_, FileName, FileSize }))).toEqual([
       { File: "AgentExe", Component_: "AgentService", FileName: "kvm-manager-agent.exe", FileSize: String(statSync(join(ROOT, "dist", "kvm-manager-agent-windows-x64.exe")).size) },
       { File: "ConfigToml", Component_: "DefaultConfig", FileName: "config.toml", FileSize: String(statSync(join(ROOT, "installers", "config.toml")).size) },
@@ -41,7 +44,7 @@ describe.skipIf(!msitoolsAvailable)("the MSI's tables", () => {
 
   test("components: 64-bit; the config's never overwritten and never removed (an upgrade keeps the admin's edits)", () => {
     const attributes = Object.fromEntries(table("Component").map((row) => [row.Component, Number(row.Attributes)]));
-    expect(attributes).toEqual({ AgentService: 0x100, DefaultConfig: 0x100 | 0x80 | 0x10 });
+    expect(attributes).toEqual({ AgentService: 0x100, DefaultConfig: 0x100 | 0x80 | 0x10, FilesRoot: 0x100 });
   });
 
   test("the service: own process, auto start, LocalSystem, run with --service and the installed config; started on install, stopped on upgrade and uninstall, removed on uninstall", () => {
