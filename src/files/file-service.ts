@@ -21,7 +21,7 @@ import type { Params, Result } from "../schema/methods.ts";
 import type { FileService } from "../services.ts";
 import { unpackArchive } from "./archive.ts";
 import { AT_FDCWD, lstatAt, openat, renameat2, unlinkat } from "./at.ts";
-import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, renameNoReplaceAt } from "./fsx.ts";
+import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, readChunk, renameNoReplaceAt } from "./fsx.ts";
 import { PathPolicy, refuseHardlinked } from "./paths.ts";
 
 /** Bytes kept free in a frame for the JSON envelope around a base64 payload. */
@@ -152,21 +152,9 @@ export class FileManager implements FileService {
       const want = Math.max(0, Math.min(length, size - params.offset));
       const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
       try {
-        let filled = 0;
-        while (filled < want) {
-          const { bytesRead } = await handle.read(buffer, filled, want - filled, params.offset + filled);
-          if (bytesRead === 0) break; // The file shrank under us.
-          filled += bytesRead;
-        }
-        const chunk = buffer.subarray(0, filled);
-        this.relieveMemory(filled);
-        return {
-          content_base64: chunk.toString("base64"),
-          bytes: filled,
-          sha256: createHash("sha256").update(chunk).digest("hex"),
-          size,
-          eof: params.offset + filled >= size,
-        };
+        const result = await readChunk(handle, buffer, params.offset, want, size);
+        this.relieveMemory(result.bytes);
+        return result;
       } finally {
         if (this.readBuffers.length < READ_BUFFERS_KEPT) this.readBuffers.push(buffer);
       }

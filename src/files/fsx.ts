@@ -3,6 +3,7 @@
  * open flags, an async handle over a raw fd, directory fsync and renames in a
  * directory fd with RENAME_EXCHANGE / RENAME_NOREPLACE (renameat2 from at.ts).
  */
+import { createHash } from "node:crypto";
 import { close, constants, fchmod, fchown, fstat, fsync, promises as fsp, read, write, type Stats } from "node:fs";
 import { promisify } from "node:util";
 import { RpcError } from "../protocol/errors.ts";
@@ -144,3 +145,31 @@ export function exchangeAt(dirFd: number, a: string, b: string): boolean {
     throw error;
   }
 }
+
+/**
+ * copy_from_guest's answer for one chunk: up to `want` bytes read at `offset` into `buffer` (fewer when
+ * the file shrank meanwhile), with their SHA-256 and whether they reach the end of a file of `size` bytes.
+ */
+export async function readChunk(
+  handle: { read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> },
+  buffer: Buffer,
+  offset: number,
+  want: number,
+  size: number,
+) {
+  let filled = 0;
+  while (filled < want) {
+    const { bytesRead } = await handle.read(buffer, filled, want - filled, offset + filled);
+    if (bytesRead === 0) break; // The file shrank under us.
+    filled += bytesRead;
+  }
+  const chunk = buffer.subarray(0, filled);
+  return {
+    content_base64: chunk.toString("base64"),
+    bytes: filled,
+    sha256: createHash("sha256").update(chunk).digest("hex"),
+    size,
+    eof: offset + filled >= size,
+  };
+}
+

@@ -30,7 +30,7 @@ import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { FileService } from "../services.ts";
 import { maxChunkBytes } from "./file-service.ts";
-import { osError } from "./fsx.ts";
+import { osError, readChunk } from "./fsx.ts";
 import { forbidden, outside, refuseHardlinked } from "./paths.ts";
 
 /** Win32's limits: a whole path in UTF-16 units (the long-path ceiling), one component. */
@@ -217,21 +217,7 @@ export class WindowsFileManager implements FileService {
       if (!stat.isFile()) throw new RpcError("OPERATION_FAILED", `'${params.path}' is not a regular file`, { path: params.path });
       refuseHardlinked(params.path, stat);
       const want = Math.max(0, Math.min(length, stat.size - params.offset));
-      const buffer = Buffer.alloc(want);
-      let filled = 0;
-      while (filled < want) {
-        const { bytesRead } = await handle.read(buffer, filled, want - filled, params.offset + filled);
-        if (bytesRead === 0) break; // The file shrank under us.
-        filled += bytesRead;
-      }
-      const chunk = buffer.subarray(0, filled);
-      return {
-        content_base64: chunk.toString("base64"),
-        bytes: filled,
-        sha256: createHash("sha256").update(chunk).digest("hex"),
-        size: stat.size,
-        eof: params.offset + filled >= stat.size,
-      };
+      return await readChunk(handle, Buffer.alloc(want), params.offset, want, stat.size);
     } catch (error) {
       throw osError(error, `cannot read '${params.path}'`, params.path);
     } finally {
