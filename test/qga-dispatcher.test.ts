@@ -90,6 +90,12 @@ test("Windows guest-get-osinfo: Windows 10 and servers keep the registry's names
   // A server build >= 22000 is not a Windows 11: its name is left alone.
   const server2025 = JSON.parse(await osinfoLine(windowsOs("10.0.26100", { ProductName: "Windows Server 2025 Standard", InstallationType: "Server" }))).return;
   expect([server2025["pretty-name"], server2025.version, server2025["version-id"]]).toEqual(["Windows Server 2025 Standard", "Microsoft Windows Server 2025", "2025"]);
+  // The registry's version values win over what RtlGetVersion says (as get_info reads them; under Wine they differ).
+  const registryVersion = windowsOs("6.1.7601", { ProductName: "Windows 10 Pro", CurrentMajorVersionNumber: 10, CurrentMinorVersionNumber: 0, CurrentBuildNumber: "22631" });
+  const fromRegistry = JSON.parse(await osinfoLine(registryVersion)).return;
+  expect([fromRegistry["kernel-version"], fromRegistry["kernel-release"], fromRegistry["pretty-name"], fromRegistry["version-id"]]).toEqual(["10.0", "22631", "Windows 11 Pro", "11"]);
+  // Before Windows 10 (Bun does not run there) qemu-ga's older tables are not kept: the version is "N/A".
+  expect(JSON.parse(await osinfoLine(windowsOs("6.1.7601", { ProductName: "Windows 7 Professional" }))).return.version).toBe("N/A");
   // No readable registry: libuv's product name, corrected the same way.
   const unreadable: WindowsOsInfoProbes = { ...windowsOs("10.0.22000", {}), currentVersion: () => { throw new Error("access denied"); } };
   expect(JSON.parse(await osinfoLine(unreadable)).return["pretty-name"]).toBe("Windows 11 Pro");

@@ -2,7 +2,8 @@
  * guest-get-osinfo on Windows, field for field as qemu-ga's commands-win32.c
  * builds it — id "mswindows", name "Microsoft Windows", pretty-name the
  * registry's ProductName, version/version-id from the build and product type,
- * kernel-version "major.minor", kernel-release the build — with one fix:
+ * kernel-version "major.minor", kernel-release the build (from the registry,
+ * as get_info reads them; qemu-ga asks RtlGetVersion, which agrees) — with one fix:
  * Windows 11 keeps "Windows 10" in its ProductName, which qemu-ga passes on
  * as pretty-name (the long-standing bug); here a client build >= 22000 says
  * Windows 11 there too. Server names are left as the registry has them.
@@ -22,7 +23,7 @@ export interface WindowsOsInfoProbes {
 }
 
 const SYSTEM_PROBES: WindowsOsInfoProbes = {
-  currentVersion: () => readRegistryValues(CURRENT_VERSION_KEY, [...CURRENT_VERSION_VALUES, "InstallationType"]),
+  currentVersion: () => readRegistryValues(CURRENT_VERSION_KEY, [...CURRENT_VERSION_VALUES, "InstallationType", "CurrentMajorVersionNumber", "CurrentMinorVersionNumber"]),
   release: () => os.release(),
   machine: () => os.machine(),
   fallbackProductName: () => os.version(),
@@ -57,13 +58,18 @@ export interface QgaOsInfo {
 }
 
 export function windowsQgaOsInfo(probes: WindowsOsInfoProbes = SYSTEM_PROBES): QgaOsInfo {
-  const [major = "0", minor = "0", build = "0"] = probes.release().split(".");
+  const [releaseMajor = "0", releaseMinor = "0", releaseBuild = "0"] = probes.release().split(".");
   let values: Map<string, RegistryValue>;
   try {
     values = probes.currentVersion();
   } catch {
     values = new Map();
   }
+  // The version as get_info reads it (the registry first: Windows 10 and later have these values), so both protocols name the OS alike.
+  const registryMajor = values.get("CurrentMajorVersionNumber");
+  const registryMinor = values.get("CurrentMinorVersionNumber");
+  const [major, minor] = typeof registryMajor === "number" && typeof registryMinor === "number" ? [String(registryMajor), String(registryMinor)] : [releaseMajor, releaseMinor];
+  const build = String(values.get("CurrentBuildNumber") ?? values.get("CurrentBuild") ?? "").trim() || releaseBuild;
   const productName = String(values.get("ProductName") ?? "").trim() || probes.fallbackProductName();
   // InstallationType is "Client", "Server" or "Server Core": the registry's word for RtlGetVersion's wProductType.
   const server = /^server/i.test(String(values.get("InstallationType") ?? ""));
