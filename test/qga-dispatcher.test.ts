@@ -10,6 +10,7 @@ import type { RegistryValue } from "../src/platform/windows/win32.ts";
 import type { UsersService } from "../src/services.ts";
 import { WindowsUsers } from "../src/users/windows.ts";
 import { WindowsPathPolicy } from "../src/files/windows.ts";
+import { ipv6Text, type WindowsNetworkProbes } from "../src/guest/network-windows.ts";
 import type { QgaError } from "../src/qga/errors.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
 import { MemoryAudit } from "./helpers/in-memory.ts";
@@ -18,6 +19,7 @@ interface Overrides {
   systemChangesEnabled?: boolean;
   credentialsEnabled?: boolean;
   windowsOsInfoProbes?: WindowsOsInfoProbes;
+  windowsNetworkProbes?: WindowsNetworkProbes;
   users?: UsersService;
 }
 
@@ -65,7 +67,7 @@ test("on Windows: sync, ping and info answer; what has no Windows implementation
   const windows = dispatcher("win32");
   expect(await windows.handle({ execute: "guest-ping" }, "test")).toEqual({ line: '{"return": {}}', delimited: false });
   expect((await windows.handle({ execute: "guest-sync-delimited", arguments: { id: 3 } }, "test"))!.delimited).toBe(true);
-  for (const execute of ["guest-get-fsinfo", "guest-suspend-ram", "guest-network-get-route", "guest-network-get-interfaces", "guest-get-timezone", "guest-get-vcpus"]) {
+  for (const execute of ["guest-get-fsinfo", "guest-suspend-ram", "guest-network-get-route", "guest-get-timezone", "guest-get-vcpus"]) {
     const reply = await windows.handle({ execute }, "test");
     expect(reply!.line).toBe(UNSUPPORTED_LINE);
   }
@@ -139,4 +141,45 @@ test("Windows guest-file-open goes through the Windows path policy: refusals kee
   expect(await open("\\\\server\\share\\x")).toContain("UNC");
   expect(await open("C:\\Data\\NUL.txt", "a")).toContain("reserved device name");
   expect(await open("c:\\data\\..\\Windows\\win.ini")).toContain("'..' components are not allowed");
+});
+
+test("IPv6 text as WSAAddressToString writes it: the longest zero run (two groups or more) as ::, then %scope", () => {
+  const bytes = (text: string) => text.split(":").flatMap((group) => [parseInt(group, 16) >> 8, parseInt(group, 16) & 0xff]);
+  expect(ipv6Text(bytes("fe80:0:0:0:1c2d:3e4f:5a6b:7c8d"), 12)).toBe("fe80::1c2d:3e4f:5a6b:7c8d%12");
+  expect(ipv6Text(bytes("0:0:0:0:0:0:0:1"), 0)).toBe("::1");
+  expect(ipv6Text(bytes("2001:db8:0:1:0:0:0:1"), 0)).toBe("2001:db8:0:1::1");
+  expect(ipv6Text(bytes("2001:db8:0:1:1:1:1:1"), 0)).toBe("2001:db8:0:1:1:1:1:1");
+  expect(ipv6Text(bytes("0:0:0:0:0:0:0:0"), 0)).toBe("::");
+});
+
+test("Windows guest-network-get-interfaces: qemu-ga's fields from the adapters, statistics by interface index (left out when missing)", async () => {
+  const probes: WindowsNetworkProbes = {
+    adapters: () => [
+      {
+        name: "Ethernet",
+        index: 4,
+        mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+        addresses: [
+          { family: "ipv6", bytes: [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x1c, 0x2d, 0x3e, 0x4f, 0x5a, 0x6b, 0x7c, 0x8d], scopeId: 4, prefix: 64 },
+          { family: "ipv4", bytes: [10, 0, 2, 15], scopeId: 0, prefix: 24 },
+        ],
+      },
+      { name: "Loopback Pseudo-Interface 1", index: 1, mac: [], addresses: [{ family: "ipv4", bytes: [127, 0, 0, 1], scopeId: 0, prefix: 8 }] },
+    ],
+    counters: () =>
+      new Map([[4, { inOctets: 1000, inUcastPkts: 10, inErrors: 1, inDiscards: 2, outOctets: 2000, outUcastPkts: 20, outErrors: 3, outDiscards: 4 }]]),
+  };
+  const reply = JSON.parse((await dispatcher("win32", { windowsNetworkProbes: probes }).handle({ execute: "guest-network-get-interfaces" }, "test"))!.line);
+  expect(reply.return).toEqual([
+    {
+      name: "Ethernet",
+      "hardware-address": "52:54:00:12:34:56",
+      "ip-addresses": [
+        { "ip-address": "fe80::1c2d:3e4f:5a6b:7c8d%4", "ip-address-type": "ipv6", prefix: 64 },
+        { "ip-address": "10.0.2.15", "ip-address-type": "ipv4", prefix: 24 },
+      ],
+      statistics: { "rx-bytes": 1000, "rx-packets": 10, "rx-errs": 1, "rx-dropped": 2, "tx-bytes": 2000, "tx-packets": 20, "tx-errs": 3, "tx-dropped": 4 },
+    },
+    { name: "Loopback Pseudo-Interface 1", "ip-addresses": [{ "ip-address": "127.0.0.1", "ip-address-type": "ipv4", prefix: 8 }] },
+  ]);
 });

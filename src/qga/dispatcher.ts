@@ -14,6 +14,7 @@ import { setUserPassword } from "../guest/password.ts";
 import { SshKeys } from "../guest/ssh.ts";
 import { realtimeNs, setTime, systemTimeNs } from "../guest/time.ts";
 import { windowsQgaOsInfo, type WindowsOsInfoProbes } from "../guest/osinfo-windows.ts";
+import { windowsQgaInterfaces, type WindowsNetworkProbes } from "../guest/network-windows.ts";
 import { guestTimezone } from "../guest/timezone.ts";
 import { guestNetworkRoutes } from "../guest/route.ts";
 import { guestSuspend } from "../guest/suspend.ts";
@@ -81,6 +82,8 @@ export interface QgaDispatcherDeps {
   platform?: NodeJS.Platform;
   /** Windows guest-get-osinfo's OS calls; tests inject a registry. */
   windowsOsInfoProbes?: WindowsOsInfoProbes;
+  /** Windows guest-network-get-interfaces' OS calls; tests inject adapters. */
+  windowsNetworkProbes?: WindowsNetworkProbes;
   /** [security] enable_system_changes: guest-set-time, -set-vcpus, -set-memory-blocks, -fstrim, -suspend-*. */
   systemChangesEnabled: boolean;
   /** [security] enable_credentials: guest-set-user-password, -ssh-add- and -ssh-remove-authorized-keys. */
@@ -101,7 +104,7 @@ const CREDENTIALS = new Set<QgaCommandName>(["guest-set-user-password", "guest-s
 /** What answers on Windows; the rest read Linux's /proc and /sys and say "not currently supported", as qemu-ga does for what it lacks there. */
 const WINDOWS_SERVED = new Set<QgaCommandName>([
   "guest-sync-delimited", "guest-sync", "guest-ping", "guest-info",
-  "guest-get-osinfo", "guest-get-host-name", "guest-get-time", "guest-get-users",
+  "guest-get-osinfo", "guest-get-host-name", "guest-get-time", "guest-get-users", "guest-network-get-interfaces",
   "guest-shutdown", "guest-exec", "guest-exec-status",
   "guest-file-open", "guest-file-read", "guest-file-write", "guest-file-seek", "guest-file-flush", "guest-file-close",
 ]);
@@ -226,7 +229,7 @@ export class QgaDispatcher {
       case "guest-get-load":
         return guestLoad();
       case "guest-network-get-interfaces":
-        return qapiNames(guestNetworkInterfaces());
+        return this.windows ? windowsQgaInterfaces(this.deps.windowsNetworkProbes) : qapiNames(guestNetworkInterfaces());
       case "guest-network-get-route":
         return guestNetworkRoutes();
       case "guest-get-cpustats":
