@@ -12,6 +12,7 @@ import { QgaDispatcher } from "./qga/dispatcher.ts";
 import { QgaSession } from "./qga/session.ts";
 import { isQgaCommand } from "./qga/schema.ts";
 import { QgaFiles } from "./qga/files.ts";
+import { WindowsPathPolicy } from "./files/windows.ts";
 import { PathPolicy } from "./files/paths.ts";
 import { loadHmacKey, RequestAuthenticator } from "./security/hmac.ts";
 import { StdioTransport } from "./transport/stdio.ts";
@@ -81,7 +82,8 @@ export async function startAgent(config: AgentConfig, logger: Logger, logLines?:
   let qgaTransport: Transport | null = null;
   let qgaFiles: QgaFiles | null = null;
   if (config.qga.enabled) {
-    qgaFiles = new QgaFiles(new PathPolicy(config.security.allowed_file_paths, logger), config.qga.state_dir, config.limits.qga_max_open_files);
+    const policy = process.platform === "win32" ? new WindowsPathPolicy(config.security.allowed_file_paths, undefined, logger) : new PathPolicy(config.security.allowed_file_paths, logger);
+    qgaFiles = new QgaFiles(policy, config.qga.state_dir, config.limits.qga_max_open_files);
     const qgaDispatcher = new QgaDispatcher({
       audit,
       logger,

@@ -43,8 +43,8 @@ export interface MetricsService {
 
 export interface UsersService {
   list(): Answer<Result<"get_users">>;
-  /** guest-get-users: one entry per user, earliest login (qemu-ga's view of the same utmp). */
-  qgaUsers(): { user: string; "login-time": number }[];
+  /** guest-get-users: one entry per user, earliest login (qemu-ga's view of the same utmp; on Windows with the domain, as qemu-ga's). */
+  qgaUsers(): { user: string; "login-time": number; domain?: string }[];
 }
 
 export interface PowerService {

@@ -145,10 +145,10 @@ describe("get_metrics on Windows", () => {
 describe("get_users on Windows", () => {
   const at = (epochSeconds: number) => BigInt(epochSeconds) * 10_000_000n + 116_444_736_000_000_000n;
   const sessions: WtsSession[] = [
-    { sessionId: 0, station: "Services", user: "", client: "", logonTime: 0n },
-    { sessionId: 1, station: "Console", user: "Administrator", client: "", logonTime: at(1_700_000_000) },
-    { sessionId: 2, station: "RDP-Tcp#3", user: "alice", client: "LAPTOP-7", logonTime: at(1_700_000_100) },
-    { sessionId: 3, station: "", user: "Administrator", client: "", logonTime: at(1_699_999_000) }, // disconnected
+    { sessionId: 0, station: "Services", user: "", domain: "", client: "", logonTime: 0n },
+    { sessionId: 1, station: "Console", user: "Administrator", domain: "WIN11", client: "", logonTime: at(1_700_000_000) },
+    { sessionId: 2, station: "RDP-Tcp#3", user: "alice", domain: "CORP", client: "LAPTOP-7", logonTime: at(1_700_000_100) },
+    { sessionId: 3, station: "", user: "Administrator", domain: "WIN11", client: "", logonTime: at(1_699_999_000) }, // disconnected
   ];
 
   test("sessions with a user, as tty/host/login_time/pid (the session id); session 0 left out", () => {
@@ -161,11 +161,13 @@ describe("get_users on Windows", () => {
     ]);
   });
 
-  test("guest-get-users: one entry per user with the earliest login", () => {
-    expect(new WindowsUsers(() => sessions).qgaUsers()).toEqual([
-      { user: "Administrator", "login-time": 1_699_999_000 },
-      { user: "alice", "login-time": 1_700_000_100 },
+  test("guest-get-users: one entry per user with the earliest login and the domain, in qemu-ga's order", () => {
+    const users = new WindowsUsers(() => sessions).qgaUsers();
+    expect(users).toEqual([
+      { user: "Administrator", "login-time": 1_699_999_000, domain: "WIN11" },
+      { user: "alice", "login-time": 1_700_000_100, domain: "CORP" },
     ]);
+    expect(Object.keys(users[0]!)).toEqual(["user", "login-time", "domain"]);
   });
 
   test("FILETIME conversion keeps sub-second precision and maps 0 to 0; a failing enumeration is OPERATION_FAILED", () => {

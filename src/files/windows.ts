@@ -22,7 +22,7 @@
  * not apply (NTFS has ACLs; a new file inherits its directory's).
  */
 import { randomBytes, createHash } from "node:crypto";
-import { promises as fsp, realpathSync, type Stats } from "node:fs";
+import { openSync, promises as fsp, realpathSync, type Stats } from "node:fs";
 import { win32 } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
@@ -31,7 +31,7 @@ import type { Params, Result } from "../schema/methods.ts";
 import type { FileService } from "../services.ts";
 import { maxChunkBytes } from "./file-service.ts";
 import { osError, readChunk } from "./fsx.ts";
-import { forbidden, outside, refuseHardlinked } from "./paths.ts";
+import { forbidden, outside, refuseHardlinked, type Opened } from "./paths.ts";
 
 /** Win32's limits: a whole path in UTF-16 units (the long-path ceiling), one component. */
 export const WINDOWS_PATH_MAX = 32_767;
@@ -134,6 +134,23 @@ export class WindowsPathPolicy {
       }
     }
     return { dir, name, target: win32.join(dir, name) };
+  }
+
+  /**
+   * PathPolicy.open's contract on Windows (for guest-file-open): an existing
+   * file's real path under a root, or — for a mode that creates — the parent
+   * resolved under a root and no link followed at the last component.
+   */
+  async open(path: string, flags: number, mode: number, followFinal: boolean): Promise<Opened> {
+    let real: string;
+    if (followFinal) {
+      real = this.resolveExisting(path);
+    } else {
+      real = (await this.resolveForWrite(path, false)).target;
+      const existing = await fsp.lstat(real).catch(() => null);
+      if (existing?.isSymbolicLink()) throw forbidden(path, "it is a symbolic link or junction; writes never follow one", "symlink");
+    }
+    return { fd: openSync(real, flags, mode), path: real };
   }
 }
 

@@ -18,6 +18,11 @@ export function realtimeNs(): bigint {
   return timespec[0]! * 1_000_000_000n + timespec[1]!;
 }
 
+/** The wall clock in nanoseconds, in 100 ns steps as Windows' FILETIME has it (no libc there). */
+export function systemTimeNs(): bigint {
+  return BigInt(Math.round((performance.timeOrigin + performance.now()) * 10_000)) * 100n;
+}
+
 /** The years qemu-ga accepts (it refuses what a 32-bit time_t or the RTC cannot hold). */
 const SETTABLE_YEARS = { from: 1970, before: 2070 } as const;
 

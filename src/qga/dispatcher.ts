@@ -12,7 +12,9 @@ import { GuestError, UNSUPPORTED } from "../guest/errors.ts";
 import { guestFstrim } from "../guest/fstrim.ts";
 import { setUserPassword } from "../guest/password.ts";
 import { SshKeys } from "../guest/ssh.ts";
-import { realtimeNs, setTime } from "../guest/time.ts";
+import { realtimeNs, setTime, systemTimeNs } from "../guest/time.ts";
+import { windowsQgaOsInfo, type WindowsOsInfoProbes } from "../guest/osinfo-windows.ts";
+import { windowsQgaInterfaces, type WindowsNetworkProbes } from "../guest/network-windows.ts";
 import { guestTimezone } from "../guest/timezone.ts";
 import { guestNetworkRoutes } from "../guest/route.ts";
 import { guestSuspend } from "../guest/suspend.ts";
@@ -78,6 +80,10 @@ export interface QgaDispatcherDeps {
   allowRpcs: readonly string[];
   /** Defaults to the running OS; tests pass "win32" to check what Windows answers. */
   platform?: NodeJS.Platform;
+  /** Windows guest-get-osinfo's OS calls; tests inject a registry. */
+  windowsOsInfoProbes?: WindowsOsInfoProbes;
+  /** Windows guest-network-get-interfaces' OS calls; tests inject adapters. */
+  windowsNetworkProbes?: WindowsNetworkProbes;
   /** [security] enable_system_changes: guest-set-time, -set-vcpus, -set-memory-blocks, -fstrim, -suspend-*. */
   systemChangesEnabled: boolean;
   /** [security] enable_credentials: guest-set-user-password, -ssh-add- and -ssh-remove-authorized-keys. */
@@ -95,15 +101,23 @@ const SYSTEM_CHANGES = new Set<QgaCommandName>([
 ]);
 const CREDENTIALS = new Set<QgaCommandName>(["guest-set-user-password", "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys"]);
 
-/** What answers on every OS; the rest read Linux's /proc and /sys until the Windows platform layer lands. */
-const PORTABLE = new Set<QgaCommandName>(["guest-sync-delimited", "guest-sync", "guest-ping", "guest-info"]);
+/** What answers on Windows; the rest read Linux's /proc and /sys and say "not currently supported", as qemu-ga does for what it lacks there. */
+const WINDOWS_SERVED = new Set<QgaCommandName>([
+  "guest-sync-delimited", "guest-sync", "guest-ping", "guest-info",
+  "guest-get-osinfo", "guest-get-host-name", "guest-get-time", "guest-get-users", "guest-network-get-interfaces",
+  "guest-shutdown", "guest-exec", "guest-exec-status",
+  "guest-file-open", "guest-file-read", "guest-file-write", "guest-file-seek", "guest-file-flush", "guest-file-close",
+]);
 
 export class QgaDispatcher {
   private readonly exec: QgaExec;
   private readonly sshKeys: SshKeys;
 
+  private readonly windows: boolean;
+
   constructor(private readonly deps: QgaDispatcherDeps) {
     this.exec = new QgaExec(deps.exec, deps.execRecordsMax);
+    this.windows = (deps.platform ?? process.platform) === "win32";
     this.sshKeys = deps.sshKeys ?? new SshKeys();
   }
 
@@ -173,7 +187,7 @@ export class QgaDispatcher {
       // Frozen first: qemu-ga's freeze re-disables blocked commands with its reason.
       if (this.frozenOut(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled: the agent is in frozen state`);
       if (!this.isConfigured(command)) throw new QgaError("CommandNotFound", `Command ${command} has been disabled`);
-      if ((this.deps.platform ?? process.platform) === "win32" && !PORTABLE.has(command)) throw genericError(UNSUPPORTED);
+      if (this.windows && !WINDOWS_SERVED.has(command)) throw genericError(UNSUPPORTED);
       if (calls.stopping) throw genericError("the agent is stopping: no new commands are taken");
       const result = this.run(command, args);
       return result instanceof Promise ? result.then(succeed).catch(fail) : succeed(result);
@@ -196,7 +210,8 @@ export class QgaDispatcher {
       case "guest-get-host-name":
         return { "host-name": os.hostname() };
       case "guest-get-time":
-        return (realtimeNs() / 1000n) * 1000n; // qemu-ga's microsecond precision
+        // qemu-ga's precision: microseconds on Linux (g_get_real_time), 100 ns on Windows (a FILETIME).
+        return this.windows ? systemTimeNs() : (realtimeNs() / 1000n) * 1000n;
       case "guest-set-time": {
         const time = args(command).time;
         return setTime(time === undefined ? undefined : BigInt(time)).then(() => ({}));
@@ -204,7 +219,7 @@ export class QgaDispatcher {
       case "guest-get-timezone":
         return guestTimezone();
       case "guest-get-osinfo":
-        return qapiNames(guestOsInfo());
+        return this.windows ? windowsQgaOsInfo(this.deps.windowsOsInfoProbes) : qapiNames(guestOsInfo());
       case "guest-get-users":
         return this.deps.users.qgaUsers();
       case "guest-get-vcpus":
@@ -214,7 +229,7 @@ export class QgaDispatcher {
       case "guest-get-load":
         return guestLoad();
       case "guest-network-get-interfaces":
-        return qapiNames(guestNetworkInterfaces());
+        return this.windows ? windowsQgaInterfaces(this.deps.windowsNetworkProbes) : qapiNames(guestNetworkInterfaces());
       case "guest-network-get-route":
         return guestNetworkRoutes();
       case "guest-get-cpustats":

@@ -11,6 +11,7 @@ import { closeSync, constants, fstatSync, ftruncateSync, mkdirSync, readFileSync
 import { join } from "node:path";
 import { errnoOf } from "../files/fsx.ts";
 import { refuseHardlinked, type PathPolicy } from "../files/paths.ts";
+import type { WindowsPathPolicy } from "../files/windows.ts";
 import { RpcError } from "../protocol/errors.ts";
 import { decodeQemuBase64 } from "./base64.ts";
 import { STRERROR, strerror } from "../guest/errors.ts";
@@ -57,7 +58,7 @@ export class QgaFiles {
   private nextHandle: number;
 
   constructor(
-    private readonly policy: PathPolicy,
+    private readonly policy: Pick<PathPolicy | WindowsPathPolicy, "open">,
     private readonly stateDir: string,
     private readonly maxOpen: number,
   ) {
@@ -79,8 +80,8 @@ export class QgaFiles {
     let fd: number;
     try {
       // Modes that create never follow a symlink at the last component; O_NONBLOCK: a FIFO cannot hang open().
-      // O_TRUNC waits for the checks below, so a refused file is never truncated.
-      fd = (await this.policy.open(path, (spec.flags & ~constants.O_TRUNC) | constants.O_NONBLOCK, 0o600, !spec.create)).fd;
+      // O_TRUNC waits for the checks below, so a refused file is never truncated. (Windows has no O_NONBLOCK.)
+      fd = (await this.policy.open(path, (spec.flags & ~constants.O_TRUNC) | (constants.O_NONBLOCK ?? 0), 0o600, !spec.create)).fd;
     } catch (error) {
       throw failed(reasonOf(error));
     }

@@ -18,6 +18,8 @@ export interface WtsSession {
   sessionId: number;
   station: string;
   user: string;
+  /** The user's domain (the machine name for a local account); qemu-ga's guest-get-users reports it. */
+  domain: string;
   client: string;
   /** LogonTime as a FILETIME (100 ns since 1601), 0 when unknown. */
   logonTime: bigint;
@@ -46,14 +48,16 @@ export class WindowsUsers implements UsersService {
     };
   }
 
-  qgaUsers(): { user: string; "login-time": number }[] {
-    const byUser = new Map<string, number>();
+  /** As qemu-ga's Windows guest-get-users: keyed by user name, earliest login, the first session's domain. */
+  qgaUsers(): { user: string; "login-time": number; domain: string }[] {
+    const byUser = new Map<string, { user: string; "login-time": number; domain: string }>();
     for (const s of this.loggedIn()) {
       const loginTime = filetimeToEpochSeconds(s.logonTime);
-      const earliest = byUser.get(s.user);
-      if (earliest === undefined || loginTime < earliest) byUser.set(s.user, loginTime);
+      const seen = byUser.get(s.user);
+      if (!seen) byUser.set(s.user, { user: s.user, "login-time": loginTime, domain: s.domain });
+      else if (loginTime < seen["login-time"]) seen["login-time"] = loginTime;
     }
-    return [...byUser].map(([user, loginTime]) => ({ user, "login-time": loginTime }));
+    return [...byUser.values()];
   }
 
   private loggedIn(): WtsSession[] {
@@ -71,7 +75,7 @@ export class WindowsUsers implements UsersService {
 
 const WTS_CURRENT_SERVER_HANDLE = 0;
 const SESSION_INFO_BYTES = 24; // WTS_SESSION_INFOW: DWORD id, LPWSTR station, enum state (x64)
-const WTS = { UserName: 5, ClientName: 10, SessionInfo: 24 } as const;
+const WTS = { UserName: 5, DomainName: 7, ClientName: 10, SessionInfo: 24 } as const;
 /** WTSINFOW.LogonTime: after 8 DWORDs and WinStationName[32], Domain[17], UserName[21] WCHARs, 8-aligned, then 3 LARGE_INTEGERs. */
 const WTSINFO_LOGON_TIME_OFFSET = 200;
 
@@ -107,6 +111,7 @@ function wtsSessions(): WtsSession[] {
         sessionId,
         station: stationAt ? readWideAt(stationAt, 64) : "",
         user: queryText(sessionId, WTS.UserName),
+        domain: queryText(sessionId, WTS.DomainName),
         client: queryText(sessionId, WTS.ClientName),
         logonTime: queryInfo(sessionId, WTS.SessionInfo, (info, bytes) => (bytes >= WTSINFO_LOGON_TIME_OFFSET + 8 ? read.u64(info, WTSINFO_LOGON_TIME_OFFSET) : 0n), 0n),
       });

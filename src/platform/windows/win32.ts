@@ -55,6 +55,7 @@ function openIphlpapi() {
   return dlopen("iphlpapi.dll", {
     GetIfTable2: { args: [FFIType.ptr], returns: FFIType.u32 },
     FreeMibTable: { args: [FFIType.ptr], returns: FFIType.void },
+    GetAdaptersAddresses: { args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.u32 },
   }).symbols;
 }
 
