@@ -6,20 +6,24 @@
  * pending. The overlapped kernel32 calls themselves run under Wine in
  * test/e2e/wine-transport.test.ts.
  */
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { IsaSerialTransport } from "../src/transport/isa-serial/isa-serial.ts";
 import { comDevicePath, openWindowsLine } from "../src/transport/isa-serial/windows.ts";
 import { createLogger } from "../src/log/logger.ts";
 import type { Connection, ConnectionHandler, Transport } from "../src/transport/transport.ts";
 import { VirtioSerialTransport } from "../src/transport/virtio-serial/virtio-serial.ts";
 import { Win32Error, WindowsPortDevice, type PortHandle } from "../src/transport/virtio-serial/windows.ts";
+import { DBT, DeviceRemovalWatch, type HandleNotifications } from "../src/transport/virtio-serial/device-removal.ts";
 
 const ERROR_FILE_NOT_FOUND = 2;
 const ERROR_ACCESS_DENIED = 5;
 const ERROR_DEVICE_REMOVED = 1617;
 
+let handlesMade = 0;
+
 /** A handle whose reads the test feeds or fails, and whose writes it completes when it likes. */
 class ScriptedHandle implements PortHandle {
+  readonly win32Handle = BigInt(0x100 + 4 * ++handlesMade);
   reads = 0;
   closed = false;
   written: number[] = [];
@@ -108,14 +112,36 @@ afterEach(async () => {
 });
 
 /** The virtio-serial transport over Windows devices whose handles `openHandle` makes. */
-function startVirtio(openHandle: (path: string) => PortHandle) {
+function startVirtio(openHandle: (path: string) => PortHandle, removalWatch = new DeviceRemovalWatch()) {
   const lines: string[] = [];
   const logger = createLogger("debug", "text", (line) => lines.push(line));
-  const transport = new VirtioSerialTransport("\\\\.\\Global\\org.kvmmanager.agent.0", logger, (path) => WindowsPortDevice.open(path, openHandle), () => true);
+  const transport = new VirtioSerialTransport(
+    "\\\\.\\Global\\org.kvmmanager.agent.0",
+    logger,
+    (path) => WindowsPortDevice.open(path, openHandle, removalWatch),
+    () => true,
+  );
   transports.push(transport);
   const { sessions, accept } = recordingAccept();
   void transport.start(accept);
-  return { lines, sessions };
+  return { lines, sessions, transport };
+}
+
+/** A watch enabled as the service enables it, with RegisterDeviceNotificationW recorded (or failing). */
+function serviceWatch({ failWith }: { failWith?: number } = {}) {
+  const lines: string[] = [];
+  const events: string[] = [];
+  const api: HandleNotifications = {
+    register(handle) {
+      if (failWith !== undefined) throw new Win32Error("RegisterDeviceNotificationW", failWith);
+      events.push(`register ${handle}`);
+      return handle + 0x1000n;
+    },
+    unregister: (notification) => void events.push(`unregister ${notification - 0x1000n}`),
+  };
+  const watch = new DeviceRemovalWatch();
+  watch.enable(api, createLogger("debug", "text", (line) => lines.push(line)));
+  return { watch, events, lines };
 }
 
 test("a port CreateFileW cannot find yet is waited for (logged once as not present) and served once it opens", async () => {
@@ -286,4 +312,87 @@ test("isa-serial on Windows: COM1 missing is waited for, then served; a read err
   expect(lines.some((line) => line.includes("serial line failed; reopening it: ReadFile failed: ERROR_GEN_FAILURE (31)"))).toBe(true);
   handles[1]!.feed([9]);
   await until(() => sessions[1]?.data.length === 1);
+});
+
+describe("device removal (a service's SERVICE_CONTROL_DEVICEEVENT)", () => {
+  test("each opened handle is registered, unregistered before it is closed, and the reopened one registered again", async () => {
+    const service = serviceWatch();
+    const handles: ScriptedHandle[] = [];
+    const { sessions, transport } = startVirtio(() => {
+      const handle = new ScriptedHandle();
+      handles.push(handle);
+      return handle;
+    }, service.watch);
+    await until(() => handles[0]?.readWaiting === true);
+    expect(service.events).toEqual([`register ${handles[0]!.win32Handle}`]);
+    handles[0]!.failRead(ERROR_DEVICE_REMOVED);
+    await until(() => handles[1]?.readWaiting === true);
+    expect(service.events).toEqual([`register ${handles[0]!.win32Handle}`, `unregister ${handles[0]!.win32Handle}`, `register ${handles[1]!.win32Handle}`]);
+    expect(sessions).toHaveLength(2);
+    // Stopping the agent unregisters the open handle, then closes it.
+    await transport.close();
+    expect(service.events.at(-1)).toBe(`unregister ${handles[1]!.win32Handle}`);
+    expect(handles[1]!.closed).toBe(true);
+  });
+
+  for (const [name, event] of [
+    ["query-remove", DBT.queryRemove],
+    ["remove-pending", DBT.removePending],
+    ["remove-complete", DBT.removeComplete],
+  ] as const) {
+    test(`${name} closes the handle at once; the transport waits, then opens the port again once it is back`, async () => {
+      const service = serviceWatch();
+      const handles: ScriptedHandle[] = [];
+      let present = true;
+      const { lines, sessions } = startVirtio(() => {
+        if (!present) throw new Win32Error("CreateFileW", ERROR_FILE_NOT_FOUND);
+        const handle = new ScriptedHandle();
+        handles.push(handle);
+        return handle;
+      }, service.watch);
+      await until(() => handles[0]?.readWaiting === true);
+      present = false;
+      service.watch.deviceEvent(event);
+      // Closed before the event is answered: nothing of ours vetoes the removal.
+      expect(handles[0]!.closed).toBe(true);
+      expect(service.events.at(-1)).toBe(`unregister ${handles[0]!.win32Handle}`);
+      await until(() => sessions[0]!.closed && lines.some((line) => line.includes("port failed; reopening: the port's device is being removed")));
+      expect(handles).toHaveLength(1);
+      await until(() => lines.some((line) => line.includes("port not present yet")), 10_000);
+      // The device is back (the driver update added it again): opened, registered and served.
+      present = true;
+      await until(() => handles[1]?.readWaiting === true);
+      expect(service.events.at(-1)).toBe(`register ${handles[1]!.win32Handle}`);
+      handles[1]!.feed([5]);
+      await until(() => sessions[1]?.data.length === 1);
+    }, 15_000);
+  }
+
+  test("other device events (arrival, a refused removal) close nothing", async () => {
+    const service = serviceWatch();
+    const handle = new ScriptedHandle();
+    startVirtio(() => handle, service.watch);
+    await until(() => handle.readWaiting);
+    service.watch.deviceEvent(0x8000); // DBT_DEVICEARRIVAL
+    service.watch.deviceEvent(DBT.queryRemoveFailed);
+    expect(handle.closed).toBe(false);
+    expect(service.events).toEqual([`register ${handle.win32Handle}`]);
+  });
+
+  test("a registration that fails is logged once and the ports are served anyway", async () => {
+    const service = serviceWatch({ failWith: 120 });
+    const handles: ScriptedHandle[] = [];
+    const { sessions } = startVirtio(() => {
+      const handle = new ScriptedHandle();
+      handles.push(handle);
+      return handle;
+    }, service.watch);
+    await until(() => handles[0]?.readWaiting === true);
+    handles[0]!.failRead(ERROR_DEVICE_REMOVED);
+    await until(() => handles[1]?.readWaiting === true);
+    handles[1]!.feed([1]);
+    await until(() => sessions[1]?.data.length === 1);
+    expect(service.lines.filter((line) => line.includes("device removal notifications unavailable"))).toHaveLength(1);
+    expect(service.lines.some((line) => line.includes("RegisterDeviceNotificationW failed: Win32 error (120)"))).toBe(true);
+  });
 });

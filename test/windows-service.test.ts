@@ -18,6 +18,8 @@ import {
   type ServiceStatus,
   type StoppableAgent,
 } from "../src/service/windows-service.ts";
+import { devBroadcastHandle } from "../src/service/device-notifications.ts";
+import { DBT, DeviceRemovalWatch } from "../src/transport/virtio-serial/device-removal.ts";
 
 const STATE_NAME = Object.fromEntries(Object.entries(SERVICE_STATE).map(([name, value]) => [value, name]));
 
@@ -26,7 +28,10 @@ function fakeScm() {
   const statuses: ServiceStatus[] = [];
   let release!: () => void;
   let started!: () => void;
-  let control!: (control: number) => void;
+  let control!: (control: number, eventType: number) => void;
+  /** RegisterDeviceNotificationW as the service would make it: what it registered, and what it unregistered. */
+  const registered: bigint[] = [];
+  const unregistered: bigint[] = [];
   const scm: ServiceControlManager = {
     dispatch(onStart, onControl) {
       started = onStart;
@@ -37,13 +42,20 @@ function fakeScm() {
       statuses.push(status);
       if (status.state === SERVICE_STATE.stopped) release();
     },
+    handleNotifications: () => ({
+      register: (handle) => (registered.push(handle), handle + 0x1000n),
+      unregister: (notification) => void unregistered.push(notification),
+    }),
   };
   return {
     scm,
+    watch: new DeviceRemovalWatch(),
+    registered,
+    unregistered,
     statuses,
     states: () => statuses.map((status) => STATE_NAME[status.state]),
     start: () => started(),
-    control: (code: number) => control(code),
+    control: (code: number, eventType = 0) => control(code, eventType),
   };
 }
 
@@ -66,7 +78,7 @@ describe("service state machine", () => {
   test("start: START_PENDING at once, RUNNING once the agent is up, accepting stop, preshutdown and shutdown", async () => {
     const fake = fakeScm();
     let resolveStart!: (agent: StoppableAgent) => void;
-    const done = runService(fake.scm, () => new Promise((resolve) => (resolveStart = resolve)), silentLogger, () => 10);
+    const done = runService(fake.scm, () => new Promise((resolve) => (resolveStart = resolve)), silentLogger, () => 10, fake.watch);
     fake.start();
     expect(fake.states()).toEqual(["startPending"]);
     expect(fake.statuses[0]).toMatchObject({ controlsAccepted: 0, checkPoint: 1, waitHintMs: 30_000 });
@@ -81,7 +93,7 @@ describe("service state machine", () => {
   test("stop: STOP_PENDING for the grace period and a margin, the agent's graceful stop, then STOPPED and exit code 0", async () => {
     const fake = fakeScm();
     const slow = slowAgent();
-    const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 7);
+    const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 7, fake.watch);
     fake.start();
     await settle();
     fake.control(SERVICE_CONTROL.stop);
@@ -103,7 +115,7 @@ describe("service state machine", () => {
     for (const control of [SERVICE_CONTROL.preshutdown, SERVICE_CONTROL.shutdown]) {
       const fake = fakeScm();
       const slow = slowAgent();
-      const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 10);
+      const done = runService(fake.scm, async () => slow.agent, silentLogger, () => 10, fake.watch);
       fake.start();
       await settle();
       fake.control(control);
@@ -119,7 +131,7 @@ describe("service state machine", () => {
     const fake = fakeScm();
     const slow = slowAgent();
     let resolveStart!: (agent: StoppableAgent) => void;
-    const done = runService(fake.scm, () => new Promise((resolve) => (resolveStart = resolve)), silentLogger, () => 10);
+    const done = runService(fake.scm, () => new Promise((resolve) => (resolveStart = resolve)), silentLogger, () => 10, fake.watch);
     fake.start();
     fake.control(SERVICE_CONTROL.stop);
     await settle();
@@ -137,7 +149,7 @@ describe("service state machine", () => {
     const fake = fakeScm();
     const logged: string[] = [];
     const logger = { ...silentLogger, error: (msg: string, fields?: object) => void logged.push(`${msg} ${JSON.stringify(fields)}`) };
-    const done = runService(fake.scm, async () => { throw new Error("config.toml: [transport] type: bad"); }, logger, () => 10);
+    const done = runService(fake.scm, async () => { throw new Error("config.toml: [transport] type: bad"); }, logger, () => 10, fake.watch);
     fake.start();
     expect(await done).toBe(1);
     expect(fake.states()).toEqual(["startPending", "stopped"]);
@@ -148,13 +160,42 @@ describe("service state machine", () => {
   test("INTERROGATE reports the current status again; other controls are ignored", async () => {
     const fake = fakeScm();
     const slow = slowAgent();
-    void runService(fake.scm, async () => slow.agent, silentLogger, () => 10);
+    void runService(fake.scm, async () => slow.agent, silentLogger, () => 10, fake.watch);
     fake.start();
     await settle();
     fake.control(SERVICE_CONTROL.interrogate);
     fake.control(0x2); // PAUSE: not accepted
     expect(fake.states()).toEqual(["startPending", "running", "running"]);
     expect(slow.stops).toEqual([]);
+  });
+
+  test("the service enables device notifications before the agent opens its ports; DEVICEEVENT reaches the watch", async () => {
+    const fake = fakeScm();
+    const removals: string[] = [];
+    void runService(
+      fake.scm,
+      async () => {
+        // What a port does once open: it is registered with the service's status handle.
+        fake.watch.watch(0x44n, () => removals.push("port"));
+        return slowAgent().agent;
+      },
+      silentLogger,
+      () => 10,
+      fake.watch,
+    );
+    fake.start();
+    await settle();
+    expect(fake.registered).toEqual([0x44n]);
+    fake.control(SERVICE_CONTROL.deviceEvent, DBT.queryRemove);
+    expect(removals).toEqual(["port"]);
+    expect(fake.states()).toEqual(["startPending", "running"]);
+  });
+
+  test("DEV_BROADCAST_HANDLE is x64's 56 bytes: size, DBT_DEVTYP_HANDLE, then the handle at offset 16", () => {
+    const struct = new DataView(devBroadcastHandle(0x1234_5678_9abcn).buffer);
+    expect(struct.byteLength).toBe(56);
+    expect([struct.getUint32(0, true), struct.getUint32(4, true), struct.getBigUint64(16, true)]).toEqual([56, 6, 0x1234_5678_9abcn]);
+    expect(new Uint8Array(struct.buffer, 24).every((byte) => byte === 0)).toBe(true);
   });
 
   test("SERVICE_STATUS is seven DWORDs in Windows' order", () => {

@@ -86,12 +86,13 @@ self.onmessage = (event) => {
 export function runServiceDispatcher(
   name: string,
   serviceMain: () => void,
-  handler: (control: number) => void,
+  handler: (control: number, eventType: number) => void,
 ): { done: Promise<void>; handlerPointer: Pointer; nameBuffer: Buffer } {
   const nameBuffer = wide(name);
   const main = new JSCallback(() => serviceMain(), { args: [FFIType.u32, FFIType.ptr], returns: FFIType.void, threadsafe: true });
-  // HandlerEx's result cannot come back from a threadsafe callback: the SCM reads NO_ERROR, which is right for the controls accepted.
-  const handlerEx = new JSCallback((control: number) => handler(control), {
+  // HandlerEx's result cannot come back from a threadsafe callback: the SCM reads NO_ERROR, which is right for the controls accepted
+  // and lets a device removal proceed. Its event data is not read here: by the time this runs, the SCM may have freed it.
+  const handlerEx = new JSCallback((control: number, eventType: number) => handler(control, eventType), {
     args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.ptr],
     returns: FFIType.u32,
     threadsafe: true,

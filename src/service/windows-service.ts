@@ -3,17 +3,22 @@
  * that start, stop and shutdown never end in error 1053. START_PENDING at
  * once, RUNNING when the ports are open; STOP, PRESHUTDOWN or SHUTDOWN runs the agent's
  * graceful stop (running calls finish, up to stop_grace_seconds) behind
- * STOP_PENDING, then STOPPED. The SCM's calls are injected (`scmApi` is the
+ * STOP_PENDING, then STOPPED. DEVICEEVENT (a port's device about to be
+ * removed) goes to the transports' device-removal watch, which the service
+ * enables with its status handle. The SCM's calls are injected (`scmApi` is the
  * real one), so the state machine is unit-tested on Linux.
  */
 import type { Logger } from "../log/logger.ts";
-import { ptr } from "bun:ffi";
+import { ptr, type Pointer } from "bun:ffi";
+import { deviceRemovalWatch, type DeviceRemovalWatch, type HandleNotifications } from "../transport/virtio-serial/device-removal.ts";
 import { advapi32, check, lastError, runServiceDispatcher, Win32Error } from "./advapi32.ts";
+import { serviceHandleNotifications } from "./device-notifications.ts";
 
 export const SERVICE_NAME = "kvm-manager-agent";
 
 export const SERVICE_STATE = { stopped: 1, startPending: 2, stopPending: 3, running: 4 } as const;
-export const SERVICE_CONTROL = { stop: 1, interrogate: 4, shutdown: 5, preshutdown: 0xf } as const;
+/** DEVICEEVENT needs no SERVICE_ACCEPT_ flag: Windows sends it for what RegisterDeviceNotificationW registered. */
+export const SERVICE_CONTROL = { stop: 1, interrogate: 4, shutdown: 5, deviceEvent: 0xb, preshutdown: 0xf } as const;
 const SERVICE_ACCEPT_STOP = 0x1;
 const SERVICE_ACCEPT_SHUTDOWN = 0x4;
 /** PRESHUTDOWN comes before SHUTDOWN with the service's own time limit (PreshutdownTimeout, 3 min by default), not the few seconds SHUTDOWN leaves. */
@@ -36,9 +41,11 @@ export interface ServiceStatus {
 
 /** What the service needs of the SCM. */
 export interface ServiceControlManager {
-  /** Hands the process to the SCM: `onStart` when it starts the service, `onControl` per control; settles when the SCM lets the process go. */
-  dispatch(onStart: () => void, onControl: (control: number) => void): Promise<void>;
+  /** Hands the process to the SCM: `onStart` when it starts the service, `onControl` per control (with HandlerEx's dwEventType); settles when the SCM lets the process go. */
+  dispatch(onStart: () => void, onControl: (control: number, eventType: number) => void): Promise<void>;
   setStatus(status: ServiceStatus): void;
+  /** Device notifications sent to this service's HandlerEx (once the SCM has started it). */
+  handleNotifications(): HandleNotifications;
 }
 
 export interface StoppableAgent {
@@ -50,7 +57,13 @@ export interface StoppableAgent {
  * is done. A failed start reports STOPPED with a service-specific exit code,
  * which the SCM shows and its failure actions act on.
  */
-export async function runService(scm: ServiceControlManager, start: () => Promise<StoppableAgent>, logger: Logger, graceSeconds: () => number): Promise<number> {
+export async function runService(
+  scm: ServiceControlManager,
+  start: () => Promise<StoppableAgent>,
+  logger: Logger,
+  graceSeconds: () => number,
+  removalWatch: Pick<DeviceRemovalWatch, "enable" | "deviceEvent"> = deviceRemovalWatch,
+): Promise<number> {
   let checkPoint = 0;
   let current: ServiceStatus | null = null;
   const report = (state: ServiceStatus["state"], extra: Partial<ServiceStatus> = {}) => {
@@ -86,6 +99,8 @@ export async function runService(scm: ServiceControlManager, start: () => Promis
     starting = (async () => {
       report(SERVICE_STATE.startPending, { waitHintMs: START_WAIT_HINT_MS });
       try {
+        // Before the transports open their ports, so that every port handle is registered.
+        removalWatch.enable(scm.handleNotifications(), logger);
         agent = await start();
         report(SERVICE_STATE.running);
       } catch (error) {
@@ -95,12 +110,14 @@ export async function runService(scm: ServiceControlManager, start: () => Promis
       }
     })();
   };
-  const onControl = (control: number) => {
+  const onControl = (control: number, eventType: number) => {
     if (control === SERVICE_CONTROL.stop || control === SERVICE_CONTROL.shutdown || control === SERVICE_CONTROL.preshutdown) {
       logger.info("service control", { control: control === SERVICE_CONTROL.stop ? "stop" : "shutdown" });
       void stop(control === SERVICE_CONTROL.stop ? "service stop" : "system shutdown");
     } else if (control === SERVICE_CONTROL.interrogate && current) {
       scm.setStatus(current);
+    } else if (control === SERVICE_CONTROL.deviceEvent) {
+      removalWatch.deviceEvent(eventType);
     }
   };
   await scm.dispatch(onStart, onControl);
@@ -139,6 +156,10 @@ export function scmApi(name = SERVICE_NAME): ServiceControlManager {
       if (handle === null) throw new Error("SetServiceStatus before the SCM started the service");
       const struct = serviceStatusStruct(status);
       if (advapi32().SetServiceStatus(handle, ptr(struct)) === 0) throw new Win32Error("SetServiceStatus", lastError());
+    },
+    handleNotifications() {
+      if (handle === null) throw new Error("device notifications before the SCM started the service");
+      return serviceHandleNotifications(handle as Pointer);
     },
   };
 }

@@ -12,7 +12,7 @@ import type { Logger } from "../../log/logger.ts";
 import { BufferedConnection } from "../buffered-connection.ts";
 import type { AcceptConnection, Transport } from "../transport.ts";
 import { LinuxPortDevice } from "./linux.ts";
-import { Win32Error, WindowsPortDevice } from "./windows.ts";
+import { PortRemovalError, Win32Error, WindowsPortDevice } from "./windows.ts";
 
 /** The OS half of the transport: one open port. */
 export interface PortDevice {
@@ -28,6 +28,13 @@ export interface PortDevice {
 }
 
 export type OpenPort = (path: string) => PortDevice;
+
+/**
+ * After Windows asked to remove the port's device, reopening at once could
+ * catch it before the removal and veto it again: wait this long first (a
+ * removal that was refused after all is served again then).
+ */
+const REOPEN_AFTER_REMOVAL_MS = 2_000;
 
 /** Delays for polling a missing device: quick at first, then at most once a second. */
 export class Backoff {
@@ -110,7 +117,7 @@ export class VirtioSerialTransport implements Transport {
         await this.serveHosts(port, accept);
       } catch (error) {
         if (this.running) this.problem(`port failed; reopening: ${(error as Error).message}`);
-        await Bun.sleep(this.backoff.next());
+        await Bun.sleep(error instanceof PortRemovalError ? REOPEN_AFTER_REMOVAL_MS : this.backoff.next());
       } finally {
         port.close();
         this.port = null;

@@ -22,9 +22,12 @@
  *  - share mode 0: like the Linux driver, vioser takes one opener at a time.
  * Any failed read or write (the device removed by a driver update, a host
  * gone for good) errors the stream; the transport then closes the handle — so
- * nothing of ours holds the device — and polls for it to come back.
+ * nothing of ours holds the device — and polls for it to come back. In a
+ * service, the handle is also closed as soon as Windows asks whether its
+ * device may be removed (device-removal.ts), before any I/O fails.
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
+import { deviceRemovalWatch, type DeviceRemovalWatch } from "./device-removal.ts";
 import type { PortDevice } from "./virtio-serial.ts";
 
 const GENERIC_READ = 0x80000000;
@@ -72,6 +75,8 @@ export class Win32Error extends Error {
 
 /** One open handle, as the device logic needs it; the real one is overlapped kernel32 I/O, tests inject others. */
 export interface PortHandle {
+  /** The Win32 HANDLE, for device notifications. */
+  readonly win32Handle: bigint;
   /** Resolves with the bytes read into `into` (0 when a read timed out empty); rejects with Win32Error. */
   read(into: Uint8Array): Promise<number>;
   /** Starts writing `bytes`: the count written at once, or "pending" (the bytes are the handle's until writeResult() says). */
@@ -83,6 +88,13 @@ export interface PortHandle {
 }
 
 export type OpenHandle = (path: string) => PortHandle;
+
+/** What a port's stream errors with when Windows is removing its device: the transport reopens it later. */
+export class PortRemovalError extends Error {
+  constructor() {
+    super("the port's device is being removed (a driver update or a disabled device)");
+  }
+}
 
 /** Empty reads in a row (a read timeout with nothing to read) back off up to this, so they cannot spin. */
 const EMPTY_READ_MAX_DELAY_MS = 1_000;
@@ -97,14 +109,22 @@ export class WindowsPortDevice implements PortDevice {
   /** Bytes handed to a pending write, and how many of them it had sent when it last completed. */
   private pendingWrite: Uint8Array | null = null;
   private closed = false;
+  private removing = false;
+  private readonly unwatch: () => void;
 
   constructor(
     private readonly handle: PortHandle,
     private readonly sleep: (ms: number) => Promise<unknown> = Bun.sleep,
-  ) {}
+    removalWatch: DeviceRemovalWatch = deviceRemovalWatch,
+  ) {
+    this.unwatch = removalWatch.watch(handle.win32Handle, () => {
+      this.removing = true;
+      this.close();
+    });
+  }
 
-  static open(path: string, openHandle: OpenHandle = openOverlapped): WindowsPortDevice {
-    return new WindowsPortDevice(openHandle(path));
+  static open(path: string, openHandle: OpenHandle = openOverlapped, removalWatch: DeviceRemovalWatch = deviceRemovalWatch): WindowsPortDevice {
+    return new WindowsPortDevice(openHandle(path), Bun.sleep, removalWatch);
   }
 
   /** vioser does not tell a connected host from an absent one here: a session lasts as long as the handle, and resyncs over host changes. */
@@ -120,8 +140,10 @@ export class WindowsPortDevice implements PortDevice {
       {
         pull: async (controller) => {
           for (;;) {
+            if (this.removing) return controller.error(new PortRemovalError());
             if (this.closed) return controller.close();
             const n = await this.handle.read(this.readBuffer);
+            if (this.removing) return controller.error(new PortRemovalError());
             if (this.closed) return controller.close();
             if (n > 0) {
               emptyDelay = 0;
@@ -164,6 +186,8 @@ export class WindowsPortDevice implements PortDevice {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    // Unregistered first: a notification must not outlive the handle it names.
+    this.unwatch();
     this.handle.close();
   }
 }
@@ -227,7 +251,7 @@ class OverlappedHandle implements PortHandle {
   private readPending = false;
   private closed = false;
 
-  constructor(private readonly handle: bigint) {
+  constructor(readonly win32Handle: bigint) {
     this.readEvent = this.createEvent();
     try {
       this.writeEvent = this.createEvent();
@@ -261,7 +285,7 @@ class OverlappedHandle implements PortHandle {
 
   async read(into: Uint8Array): Promise<number> {
     this.readOverlapped.fill(0n, 0, 3);
-    if (this.k.ReadFile(this.handle, ptr(into), into.length, null, ptr(this.readOverlapped))) return this.readResult();
+    if (this.k.ReadFile(this.win32Handle, ptr(into), into.length, null, ptr(this.readOverlapped))) return this.readResult();
     const error = this.k.GetLastError();
     if (error !== ERROR_IO_PENDING) throw new Win32Error("ReadFile", error);
     this.readPending = true;
@@ -275,7 +299,7 @@ class OverlappedHandle implements PortHandle {
   }
 
   private readResult(): number {
-    if (!this.k.GetOverlappedResult(this.handle, ptr(this.readOverlapped), ptr(this.count), 0)) {
+    if (!this.k.GetOverlappedResult(this.win32Handle, ptr(this.readOverlapped), ptr(this.count), 0)) {
       const error = this.k.GetLastError();
       // Wine ends a read cut short by the interval timeout with STATUS_TIMEOUT, the bytes read still counted.
       if (error !== ERROR_TIMEOUT) throw new Win32Error("ReadFile", error);
@@ -286,21 +310,21 @@ class OverlappedHandle implements PortHandle {
   write(bytes: Uint8Array): number | "pending" {
     this.writeOverlapped.fill(0n, 0, 3);
     this.writeBuffer = bytes;
-    if (this.k.WriteFile(this.handle, ptr(bytes), bytes.length, null, ptr(this.writeOverlapped))) return this.finishedWrite();
+    if (this.k.WriteFile(this.win32Handle, ptr(bytes), bytes.length, null, ptr(this.writeOverlapped))) return this.finishedWrite();
     const error = this.k.GetLastError();
     if (error === ERROR_IO_PENDING) return "pending";
     throw new Win32Error("WriteFile", error);
   }
 
   writeResult(): number | "pending" {
-    if (this.k.GetOverlappedResult(this.handle, ptr(this.writeOverlapped), ptr(this.count), 0)) return this.finishedWrite();
+    if (this.k.GetOverlappedResult(this.win32Handle, ptr(this.writeOverlapped), ptr(this.count), 0)) return this.finishedWrite();
     const error = this.k.GetLastError();
     if (error === ERROR_IO_INCOMPLETE) return "pending";
     throw new Win32Error("WriteFile", error);
   }
 
   private finishedWrite(): number {
-    if (!this.k.GetOverlappedResult(this.handle, ptr(this.writeOverlapped), ptr(this.count), 0)) {
+    if (!this.k.GetOverlappedResult(this.win32Handle, ptr(this.writeOverlapped), ptr(this.count), 0)) {
       throw new Win32Error("WriteFile", this.k.GetLastError());
     }
     this.writeBuffer = null;
@@ -310,14 +334,14 @@ class OverlappedHandle implements PortHandle {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.k.CancelIoEx(this.handle, null);
+    this.k.CancelIoEx(this.win32Handle, null);
     // The kernel may write into our buffers until a cancelled operation completes: wait for that (it is immediate).
-    if (this.readPending) this.k.GetOverlappedResult(this.handle, ptr(this.readOverlapped), ptr(this.count), 1);
-    if (this.writeBuffer) this.k.GetOverlappedResult(this.handle, ptr(this.writeOverlapped), ptr(this.count), 1);
+    if (this.readPending) this.k.GetOverlappedResult(this.win32Handle, ptr(this.readOverlapped), ptr(this.count), 1);
+    if (this.writeBuffer) this.k.GetOverlappedResult(this.win32Handle, ptr(this.writeOverlapped), ptr(this.count), 1);
     // The cancelled read signalled its event, so the worker is not left blocked on a handle about to close.
     this.waiter.terminate();
     this.signalled?.();
-    this.k.CloseHandle(this.handle);
+    this.k.CloseHandle(this.win32Handle);
     this.k.CloseHandle(this.readEvent);
     this.k.CloseHandle(this.writeEvent);
   }
