@@ -10,12 +10,9 @@ import { createServices } from "../src/create-services.ts";
 import { FROZEN_STATE_FILE, FsFreeze, type FreezeOps, type Holdable } from "../src/fsfreeze/fsfreeze.ts";
 import { HeldLines, MAX_HELD_LINES } from "../src/log/held-lines.ts";
 import { silentLogger } from "../src/log/logger.ts";
-import { PathPolicy } from "../src/files/paths.ts";
 import { RpcError } from "../src/protocol/errors.ts";
-import { QgaDispatcher } from "../src/qga/dispatcher.ts";
-import { QgaFiles } from "../src/qga/files.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
-import { MemoryAudit, memorySession } from "./helpers/in-memory.ts";
+import { MemoryAudit, memorySession, qgaDispatcher } from "./helpers/in-memory.ts";
 
 /** Mounts in mount order; `fail` names a mount whose FIFREEZE fails, `unsupported` ones answer EOPNOTSUPP. */
 function fakeOps(mounts: string[], options: { fail?: string; unsupported?: string[] } = {}) {
@@ -225,24 +222,7 @@ describe("frozen state in the dispatchers", () => {
   }
 
   test("QGA: only sync, ping, info and fsfreeze status/thaw run, the rest are disabled in qemu-ga's words and guest-info says so", async () => {
-    const { config, audit, services } = frozenServices();
-    const qga = new QgaDispatcher({
-      audit,
-      logger: silentLogger,
-      users: services.users,
-      exec: services.exec,
-      execEnabled: false,
-      execRecordsMax: 8,
-      files: new QgaFiles(new PathPolicy(["/tmp"]), config.qga.state_dir, 4),
-      filesEnabled: true,
-      systemChangesEnabled: true,
-      credentialsEnabled: true,
-      power: services.power,
-      fsfreeze: services.fsfreeze,
-      calls: services.calls,
-      blockRpcs: ["guest-get-time", "guest-sync"],
-      allowRpcs: [],
-    });
+    const qga = qgaDispatcher(frozenServices().config, { execEnabled: false, blockRpcs: ["guest-get-time", "guest-sync"] });
     const line = async (execute: string, args?: object) => (await qga.handle({ execute, arguments: args }, "test"))!.line;
     expect(await line("guest-fsfreeze-status")).toBe('{"return": "frozen"}');
     expect(await line("guest-ping")).toBe('{"return": {}}');

@@ -1,9 +1,4 @@
 import { expect, test } from "bun:test";
-import { createServices } from "../src/create-services.ts";
-import { defaultConfig } from "../src/config/schema.ts";
-import { PathPolicy } from "../src/files/paths.ts";
-import { silentLogger } from "../src/log/logger.ts";
-import { QgaDispatcher } from "../src/qga/dispatcher.ts";
 import { QgaFiles } from "../src/qga/files.ts";
 import type { WindowsOsInfoProbes } from "../src/guest/osinfo-windows.ts";
 import type { RegistryValue } from "../src/platform/windows/win32.ts";
@@ -13,7 +8,7 @@ import { WindowsPathPolicy } from "../src/files/windows.ts";
 import { ipv6Text, type WindowsNetworkProbes } from "../src/guest/network-windows.ts";
 import type { QgaError } from "../src/qga/errors.ts";
 import { makeTempDir } from "./helpers/agent-process.ts";
-import { MemoryAudit } from "./helpers/in-memory.ts";
+import { qgaDispatcher } from "./helpers/in-memory.ts";
 
 interface Overrides {
   systemChangesEnabled?: boolean;
@@ -23,30 +18,8 @@ interface Overrides {
   users?: UsersService;
 }
 
-function dispatcher(platform: NodeJS.Platform, switches: Overrides = {}) {
-  const config = defaultConfig();
-  config.qga.state_dir = makeTempDir("kma-qga-state-");
-  const audit = new MemoryAudit();
-  const services = createServices(config, silentLogger, audit);
-  return new QgaDispatcher({
-    audit,
-    logger: silentLogger,
-    exec: services.exec,
-    execEnabled: true,
-    execRecordsMax: 8,
-    files: new QgaFiles(new PathPolicy(["/tmp"]), makeTempDir("kma-qga-state-"), 4),
-    filesEnabled: true,
-    systemChangesEnabled: true,
-    credentialsEnabled: true,
-    power: services.power,
-    fsfreeze: services.fsfreeze,
-    calls: services.calls,
-    blockRpcs: [],
-    allowRpcs: [],
-    platform,
-    ...switches,
-    users: switches.users ?? services.users,
-  });
+function dispatcher(platform: NodeJS.Platform, overrides: Overrides = {}) {
+  return qgaDispatcher(undefined, { platform, ...overrides });
 }
 
 const UNSUPPORTED_LINE = '{"error": {"class": "GenericError", "desc": "this feature or command is not currently supported"}}';

@@ -5,6 +5,10 @@ import { createServices } from "../../src/create-services.ts";
 import { Dispatcher, type DispatcherDeps } from "../../src/protocol/dispatcher.ts";
 import { encodeFrame } from "../../src/protocol/framing.ts";
 import { RpcSession } from "../../src/protocol/session.ts";
+import { PathPolicy } from "../../src/files/paths.ts";
+import { QgaDispatcher, type QgaDispatcherDeps } from "../../src/qga/dispatcher.ts";
+import { QgaFiles } from "../../src/qga/files.ts";
+import { makeTempDir } from "./agent-process.ts";
 import { FakeConnection } from "./fake-connection.ts";
 
 export class MemoryAudit implements AuditLog {
@@ -31,3 +35,35 @@ export function memorySession(limits: Partial<AgentConfig["limits"]> = {}, deps:
   const sendText = (text: string) => session.onData(encodeFrame(text));
   return { session, connection, audit, dispatcher, sendJson, sendText, replies: connection.replies };
 }
+
+/**
+ * A QGA dispatcher over the real services of `config` (default: the defaults with a scratch state
+ * dir), with exec, file and guest-changing commands on; `deps` replace any of its dependencies.
+ */
+export function qgaDispatcher(config?: AgentConfig, deps: Partial<QgaDispatcherDeps> = {}): QgaDispatcher {
+  if (!config) {
+    config = defaultConfig();
+    config.qga.state_dir = makeTempDir("kma-qga-state-");
+  }
+  const audit = new MemoryAudit();
+  const services = createServices(config, silentLogger, audit);
+  return new QgaDispatcher({
+    audit,
+    logger: silentLogger,
+    users: services.users,
+    exec: services.exec,
+    execEnabled: true,
+    execRecordsMax: 8,
+    files: new QgaFiles(new PathPolicy(["/tmp"]), config.qga.state_dir, 4),
+    filesEnabled: true,
+    systemChangesEnabled: true,
+    credentialsEnabled: true,
+    power: services.power,
+    fsfreeze: services.fsfreeze,
+    calls: services.calls,
+    blockRpcs: [],
+    allowRpcs: [],
+    ...deps,
+  });
+}
+
