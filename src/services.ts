@@ -4,6 +4,7 @@
  * that maps method names to these calls.
  */
 import type { FsFreeze } from "./fsfreeze/fsfreeze.ts";
+import type { Base64Bytes } from "./protocol/base64.ts";
 import type { CallTracker } from "./runtime/calls.ts";
 import type { NotificationName, NotificationParams, Params, Result } from "./schema/methods.ts";
 
@@ -25,9 +26,15 @@ export interface ExecService {
   killAll(): void;
 }
 
+/**
+ * copy_from_guest's result with its content still bytes: JSON gives the wire
+ * form (a base64 string); the reply encoder writes it into the frame directly.
+ */
+export type FileChunk = Omit<Result<"copy_from_guest">, "content_base64"> & { content_base64: Base64Bytes };
+
 export interface FileService {
   copyTo(params: Params<"copy_to_guest">): Answer<Result<"copy_to_guest">>;
-  copyFrom(params: Params<"copy_from_guest">): Answer<Result<"copy_from_guest">>;
+  copyFrom(params: Params<"copy_from_guest">): Answer<FileChunk>;
   uploadStart(params: Params<"upload_start">): Answer<Result<"upload_start">>;
   uploadChunk(params: Params<"upload_chunk">): Answer<Result<"upload_chunk">>;
   uploadCommit(params: Params<"upload_commit">): Answer<Result<"upload_commit">>;

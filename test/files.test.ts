@@ -17,6 +17,8 @@ import { METHODS } from "../src/schema/methods.ts";
 
 const sha = (bytes: Uint8Array | string) => createHash("sha256").update(bytes).digest("hex");
 const b64 = (bytes: Uint8Array | string) => Buffer.from(bytes).toString("base64");
+/** A result as the host receives it (copy_from_guest's content becomes its base64 string). */
+const wire = (result: object) => JSON.parse(JSON.stringify(result));
 
 let base: string; // Holds the root, a sibling "rootx", an "outside" dir and the private TMPDIR.
 let root: string;
@@ -197,7 +199,7 @@ describe(`path policy (${mode})`, () => {
     writeFileSync(join(outside, "target"), "outside");
     symlinkSync(join(root, "target"), join(root, "inside-link"));
     symlinkSync(join(outside, "target"), join(root, "outside-link"));
-    const ok = await files.copyFrom(p("copy_from_guest", { path: join(root, "inside-link") }));
+    const ok = wire(await files.copyFrom(p("copy_from_guest", { path: join(root, "inside-link") })));
     expect(Buffer.from(ok.content_base64, "base64").toString()).toBe("inside");
     await rejects(files.copyFrom(p("copy_from_guest", { path: join(root, "outside-link") })), "FORBIDDEN");
   });
@@ -293,7 +295,7 @@ describe(`path policy (${mode})`, () => {
       for (let round = 0; Date.now() < until; round++) {
         const attempts = await Promise.allSettled([
           ...Array.from({ length: 16 }, () =>
-            files.copyFrom(p("copy_from_guest", { path: `${root}/race/sub/f` })).then((r) => contents.add(Buffer.from(r.content_base64, "base64").toString())),
+            files.copyFrom(p("copy_from_guest", { path: `${root}/race/sub/f` })).then((r) => contents.add(Buffer.from(wire(r).content_base64, "base64").toString())),
           ),
           files.copyTo(p("copy_to_guest", { path: `${root}/race/sub/w-${round}`, content_base64: b64("x") })),
           files.copyTo(p("copy_to_guest", { path: `${root}/race/sub/d-${round}/e/f`, content_base64: b64("x"), create_dirs: true })),
@@ -354,7 +356,7 @@ describe("copy_to_guest and copy_from_guest", () => {
     const written = await files.copyTo(p("copy_to_guest", { path: join(root, "f"), content_base64: b64(content), mode: "0600" }));
     expect(written).toEqual({ path: join(root, "f"), bytes: 5000, sha256: sha(content) });
     expect(statSync(join(root, "f")).mode & 0o7777).toBe(0o600);
-    const read = await files.copyFrom(p("copy_from_guest", { path: join(root, "f") }));
+    const read = wire(await files.copyFrom(p("copy_from_guest", { path: join(root, "f") })));
     expect(read).toMatchObject({ bytes: 5000, size: 5000, eof: true, sha256: sha(content) });
     expect(Buffer.from(read.content_base64, "base64").equals(content)).toBe(true);
     expect(leftovers()).toEqual([]);
@@ -375,7 +377,7 @@ describe("copy_to_guest and copy_from_guest", () => {
     writeFileSync(join(root, "f"), content);
     const parts: Buffer[] = [];
     for (let offset = 0; ; ) {
-      const chunk = await files.copyFrom(p("copy_from_guest", { path: join(root, "f"), offset, length: 4096 }));
+      const chunk = wire(await files.copyFrom(p("copy_from_guest", { path: join(root, "f"), offset, length: 4096 })));
       const bytes = Buffer.from(chunk.content_base64, "base64");
       expect(chunk.sha256).toBe(sha(bytes));
       expect(chunk.size).toBe(10_000);
@@ -385,7 +387,7 @@ describe("copy_to_guest and copy_from_guest", () => {
     }
     expect(parts.map((part) => part.length)).toEqual([4096, 4096, 1808]);
     expect(Buffer.concat(parts).equals(content)).toBe(true);
-    const past = await files.copyFrom(p("copy_from_guest", { path: join(root, "f"), offset: 20_000 }));
+    const past = wire(await files.copyFrom(p("copy_from_guest", { path: join(root, "f"), offset: 20_000 })));
     expect(past).toEqual({ content_base64: "", bytes: 0, sha256: sha(""), size: 10_000, eof: true });
   });
 

@@ -121,6 +121,16 @@ describe("FrameDecoder", () => {
     decoder.push(chunk.subarray(0, frame.length - 8));
     expect(new TextDecoder().decode(frames[0])).toBe("0123456789");
   });
+
+  test("frames assembled from pieces one after another, growing and shrinking, each arrive whole", () => {
+    const { events, decoder } = collect(8 * 1024 * 1024);
+    const texts = [100, 5000, 300, 3 * 1024 * 1024, 64, 5 * 1024 * 1024, 7].map((length, i) => String.fromCharCode(97 + i).repeat(length));
+    for (const text of texts) {
+      const frame = encodeFrame(text);
+      for (let at = 0; at < frame.length; at += 65536) decoder.push(frame.subarray(at, at + 65536));
+    }
+    expect(events.map((event) => ("frame" in event ? event.frame : ""))).toEqual(texts);
+  });
 });
 
 describe("resync marker", () => {

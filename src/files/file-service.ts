@@ -10,15 +10,17 @@
  * chunk by chunk with an incremental SHA-256, so memory stays bounded by one
  * chunk whatever the file size.
  */
+import { edenGC } from "bun:jsc";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import { closeSync, promises as fsp, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import { posix } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
+import { base64DecodedLength, decodeBase64Into } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
-import type { FileService } from "../services.ts";
+import type { FileChunk, FileService } from "../services.ts";
 import { unpackArchive } from "./archive.ts";
 import { AT_FDCWD, lstatAt, openat, renameat2, unlinkat } from "./at.ts";
 import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, readChunk, renameNoReplaceAt } from "./fsx.ts";
@@ -40,21 +42,29 @@ const DEFAULT_FILE_MODE = 0o644;
 const STAGED_ARCHIVE = "archive.tar.gz";
 
 /**
- * Every chunk leaves a few copies of itself behind (frame, JSON text, base64
- * string, decoded buffer) that the GC is in no hurry to collect: left alone,
- * a long transfer of 8 MiB chunks grows the agent by hundreds of MB. A
- * synchronous collection after every GC_EVERY_BYTES of chunk traffic keeps the
- * resident size near a few chunks' worth.
+ * Every uploaded chunk leaves two copies of itself behind, the request's JSON
+ * text and its base64 string (the frame and the decoded bytes go to kept
+ * buffers), which the GC is in no hurry to collect: left alone, a long
+ * transfer grows the agent by hundreds of MB. A synchronous full collection
+ * after every GC_EVERY_BYTES uploaded keeps a 1 GiB push near 110 MiB (an eden
+ * collection does not free those strings: 250 MiB; every 32 MiB: 145 MiB).
+ * A read leaves only young garbage (its buffer is kept, its reply encoded in a
+ * kept frame from 16 KB base64 strings, see response-frames.ts): an eden
+ * collection is enough there and costs nothing measurable, where a full one
+ * halved read throughput. Without it a 1 GiB pull peaked at 135-160 MiB, with
+ * it near 100.
  */
 const GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
- * Chunk-sized read buffers kept between copy_from_guest calls: a fresh
- * multi-MB allocation per call costs page faults on every chunk. Each call
- * takes one for itself (a concurrent call allocates its own), so reads never
- * share a buffer; only one is kept, as it stays resident.
+ * Chunk-sized buffers kept between calls, for what copy_from_guest reads and
+ * what upload_chunk decodes: a fresh multi-MB allocation per call costs page
+ * faults on every chunk. A call takes one for itself until its reply is
+ * encoded or its chunk written (a call finding none allocates its own), so
+ * calls never share a buffer. Two are kept, as the client pipelines two
+ * chunks; they stay resident.
  */
-const READ_BUFFERS_KEPT = 1;
+const CHUNK_BUFFERS_KEPT = 2;
 
 interface WriteTarget {
   /** The parent directory, opened under the root; closed by releaseTarget. */
@@ -101,8 +111,9 @@ export class FileManager implements FileService {
   readonly policy: PathPolicy;
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
-  private bytesSinceGc = 0;
-  private readonly readBuffers: Buffer[] = [];
+  private uploadedSinceGc = 0;
+  private readSinceGc = 0;
+  private readonly chunkBuffers: Buffer[] = [];
 
   /** `policyOptions` lets tests force the realpath fallback (see PathPolicy). */
   constructor(
@@ -137,7 +148,7 @@ export class FileManager implements FileService {
     return { path: target.path, bytes: content.length, sha256 };
   }
 
-  async copyFrom(params: Params<"copy_from_guest">): Promise<Result<"copy_from_guest">> {
+  async copyFrom(params: Params<"copy_from_guest">): Promise<FileChunk> {
     const length = params.length ?? this.chunkBytes;
     if (length > this.chunkBytes) {
       throw new RpcError("TOO_LARGE", `length ${length} is above the largest chunk (${this.chunkBytes} bytes); read in chunks`, { limit: this.chunkBytes });
@@ -150,13 +161,16 @@ export class FileManager implements FileService {
       refuseHardlinked(params.path, stat);
       const size = stat.size;
       const want = Math.max(0, Math.min(length, size - params.offset));
-      const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
+      const buffer = this.takeChunkBuffer();
+      const giveBack = () => this.giveBackChunkBuffer(buffer);
       try {
-        const result = await readChunk(handle, buffer, params.offset, want, size);
-        this.relieveMemory(result.bytes);
-        return result;
-      } finally {
-        if (this.readBuffers.length < READ_BUFFERS_KEPT) this.readBuffers.push(buffer);
+        // The reply encoder gives the buffer back once the chunk is in its frame.
+        const chunk = await readChunk(handle, buffer, params.offset, want, size, giveBack);
+        this.collectAfterRead(chunk.bytes);
+        return chunk;
+      } catch (error) {
+        giveBack();
+        throw error;
       }
     } catch (error) {
       throw osError(error, `cannot read '${params.path}'`, params.path);
@@ -213,25 +227,30 @@ export class FileManager implements FileService {
   }
 
   uploadChunk(params: Params<"upload_chunk">): Promise<Result<"upload_chunk">> {
-    return this.withUpload(params.upload_id, async (upload) => {
+    const { upload_id, offset, content_base64 } = params;
+    const length = base64DecodedLength(content_base64);
+    if (length > this.chunkBytes) {
+      return Promise.reject(new RpcError("TOO_LARGE", `Chunk of ${length} bytes is above chunk_bytes (${this.chunkBytes})`, { limit: this.chunkBytes }));
+    }
+    // Decoded now, into a kept buffer, before waiting for the upload's earlier chunks: only the bytes wait, and
+    // the request's multi-MB strings are garbage at once.
+    const buffer = this.takeChunkBuffer();
+    const bytes = decodeBase64Into(content_base64, buffer);
+    const written = this.withUpload(upload_id, async (upload) => {
       if (upload.committed) throw new RpcError("INVALID_PARAMS", `Upload '${upload.id}' is already committed`, { upload_id: upload.id });
-      if (params.offset !== upload.received) {
-        throw new RpcError("INVALID_PARAMS", `Invalid params: offset ${params.offset} is not the expected offset ${upload.received}`, {
+      if (offset !== upload.received) {
+        throw new RpcError("INVALID_PARAMS", `Invalid params: offset ${offset} is not the expected offset ${upload.received}`, {
           expected_offset: upload.received,
         });
       }
-      const bytes = Buffer.from(params.content_base64, "base64");
-      if (bytes.length > this.chunkBytes) {
-        throw new RpcError("TOO_LARGE", `Chunk of ${bytes.length} bytes is above chunk_bytes (${this.chunkBytes})`, { limit: this.chunkBytes });
-      }
-      if (upload.received + bytes.length > this.config.limits.upload_max_bytes) {
+      if (upload.received + length > this.config.limits.upload_max_bytes) {
         await this.drop(upload, "too large");
         throw this.uploadTooLarge(" (the upload was dropped)");
       }
       // All open uploads together may not fill the guest's disk: this chunk waits for others to finish.
       const staging = this.config.limits.upload_staging_max_bytes;
       const staged = [...this.uploads.values()].reduce((sum, open) => sum + open.received, 0);
-      if (staged + bytes.length > staging) {
+      if (staged + length > staging) {
         throw new RpcError(
           "TOO_LARGE",
           `Open uploads hold ${staged} bytes; this chunk would pass upload_staging_max_bytes (${staging}). It was not written; the upload goes on: send it again once other uploads are committed or aborted`,
@@ -245,10 +264,11 @@ export class FileManager implements FileService {
         throw osError(error, "cannot write the upload (the upload was dropped)", upload.target?.path);
       }
       upload.hash.update(bytes);
-      upload.received += bytes.length;
-      this.relieveMemory(bytes.length);
+      upload.received += length;
+      this.collectAfterUpload(length);
       return { upload_id: upload.id, received_bytes: upload.received };
     });
+    return written.finally(() => this.giveBackChunkBuffer(buffer));
   }
 
   uploadCommit(params: Params<"upload_commit">): Promise<Result<"upload_commit">> {
@@ -333,11 +353,26 @@ export class FileManager implements FileService {
 
   // ------------------------------------------------------------ internals
 
-  private relieveMemory(bytes: number): void {
-    this.bytesSinceGc += bytes;
-    if (this.bytesSinceGc < GC_EVERY_BYTES) return;
-    this.bytesSinceGc = 0;
+  private takeChunkBuffer(): Buffer {
+    return this.chunkBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
+  }
+
+  private giveBackChunkBuffer(buffer: Buffer): void {
+    if (this.chunkBuffers.length < CHUNK_BUFFERS_KEPT) this.chunkBuffers.push(buffer);
+  }
+
+  private collectAfterUpload(bytes: number): void {
+    this.uploadedSinceGc += bytes;
+    if (this.uploadedSinceGc < GC_EVERY_BYTES) return;
+    this.uploadedSinceGc = 0;
     Bun.gc(true);
+  }
+
+  private collectAfterRead(bytes: number): void {
+    this.readSinceGc += bytes;
+    if (this.readSinceGc < GC_EVERY_BYTES) return;
+    this.readSinceGc = 0;
+    edenGC();
   }
 
   private uploadTooLarge(suffix = ""): RpcError {

@@ -6,7 +6,9 @@
 import { createHash } from "node:crypto";
 import { close, constants, fchmod, fchown, fstat, fsync, promises as fsp, read, write, type Stats } from "node:fs";
 import { promisify } from "node:util";
+import { Base64Bytes } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
+import type { FileChunk } from "../services.ts";
 import { errnoException, linkat, lstatAt, O_CLOEXEC, RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2, unlinkat } from "./at.ts";
 
 export const O_RDONLY = constants.O_RDONLY;
@@ -149,6 +151,7 @@ export function exchangeAt(dirFd: number, a: string, b: string): boolean {
 /**
  * copy_from_guest's answer for one chunk: up to `want` bytes read at `offset` into `buffer` (fewer when
  * the file shrank meanwhile), with their SHA-256 and whether they reach the end of a file of `size` bytes.
+ * The content is a view of `buffer`; `release` runs once the reply no longer needs it.
  */
 export async function readChunk(
   handle: { read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }> },
@@ -156,7 +159,8 @@ export async function readChunk(
   offset: number,
   want: number,
   size: number,
-) {
+  release?: () => void,
+): Promise<FileChunk> {
   let filled = 0;
   while (filled < want) {
     const { bytesRead } = await handle.read(buffer, filled, want - filled, offset + filled);
@@ -165,7 +169,7 @@ export async function readChunk(
   }
   const chunk = buffer.subarray(0, filled);
   return {
-    content_base64: chunk.toString("base64"),
+    content_base64: new Base64Bytes(chunk, release),
     bytes: filled,
     sha256: createHash("sha256").update(chunk).digest("hex"),
     size,

@@ -28,7 +28,7 @@ import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
-import type { FileService } from "../services.ts";
+import type { FileChunk, FileService } from "../services.ts";
 import { maxChunkBytes } from "./file-service.ts";
 import { osError, readChunk } from "./fsx.ts";
 import { forbidden, outside, refuseHardlinked, type Opened } from "./paths.ts";
@@ -212,7 +212,7 @@ export class WindowsFileManager implements FileService {
     return { path: target, bytes: content.length, sha256: createHash("sha256").update(content).digest("hex") };
   }
 
-  async copyFrom(params: Params<"copy_from_guest">): Promise<Result<"copy_from_guest">> {
+  async copyFrom(params: Params<"copy_from_guest">): Promise<FileChunk> {
     const length = params.length ?? this.chunkBytes;
     if (length > this.chunkBytes) {
       throw new RpcError("TOO_LARGE", `length ${length} is above the largest chunk (${this.chunkBytes} bytes); read in chunks`, { limit: this.chunkBytes });

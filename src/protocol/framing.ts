@@ -23,6 +23,13 @@ export const MAX_ENCODABLE_FRAME_BYTES = 0xffff_ffff;
 
 export const SYNC_MARKER = new Uint8Array(8).fill(0xff);
 
+/**
+ * Frames up to this size that arrive in pieces are assembled in one buffer
+ * the decoder keeps (a 2 MiB upload chunk's frame is 2.8 MB): a fresh one per
+ * frame cost page faults on every byte copied in.
+ */
+const KEPT_PAYLOAD_BYTES = 4 * 1024 * 1024;
+
 export interface FrameSink {
   /** A complete payload. The view is only valid during the call. */
   onFrame(payload: Uint8Array): void;
@@ -37,6 +44,7 @@ export class FrameDecoder {
   private headerFilled = 0;
   private payload: Uint8Array | null = null;
   private payloadFilled = 0;
+  private keptPayload = new Uint8Array(0);
   private skipRemaining = 0;
   /** 0xFF bytes seen in a row so far, across chunks. */
   private syncRun = 0;
@@ -111,6 +119,13 @@ export class FrameDecoder {
     return -1;
   }
 
+  /** Room for a payload of `length`: the kept buffer (sinks copy what they keep, see onFrame), or one of its own. */
+  private payloadBuffer(length: number): Uint8Array {
+    if (length > KEPT_PAYLOAD_BYTES) return new Uint8Array(length);
+    if (this.keptPayload.length < length) this.keptPayload = new Uint8Array(Math.min(KEPT_PAYLOAD_BYTES, Math.max(length, 2 * this.keptPayload.length)));
+    return this.keptPayload.subarray(0, length);
+  }
+
   private decode(chunk: Uint8Array, from: number, end: number): void {
     let offset = from;
     while (offset < end) {
@@ -158,7 +173,7 @@ export class FrameDecoder {
         offset += length;
         this.sink.onFrame(payload);
       } else {
-        this.payload = new Uint8Array(length);
+        this.payload = this.payloadBuffer(length);
         this.payloadFilled = 0;
       }
     }

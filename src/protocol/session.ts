@@ -12,6 +12,7 @@ import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorCode } from "./errors.ts";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "./framing.ts";
 import { errorResponse, type Response } from "./jsonrpc.ts";
+import { responseFrames } from "./response-frames.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
@@ -190,7 +191,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     const limit = this.limits.max_frame_bytes;
     let frame: Uint8Array;
     try {
-      frame = encodeFrame(JSON.stringify(response));
+      frame = responseFrames.encode(response);
     } catch (error) {
       // A result nested too deeply (or otherwise unserialisable) still gets an answer.
       frame = this.errorFrame(response, "INTERNAL_ERROR", `Internal error: the reply could not be serialised: ${(error as Error).message}`);
@@ -203,7 +204,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   }
 
   private write(bytes: Uint8Array): void {
-    if (this.corked) this.corked.push(bytes);
+    if (this.corked) this.corked.push(responseFrames.isKept(bytes) ? new Uint8Array(bytes) : bytes);
     else this.connection.send(bytes);
   }
 

@@ -4,15 +4,21 @@
  * too much output is waiting — so a host that never reads its replies cannot
  * grow the agent's memory.
  */
+import { SpillRing } from "./spill-ring.ts";
 import type { Connection, ConnectionHandler } from "./transport.ts";
 
 /** Above this many unsent bytes, stop reading requests until the peer catches up. */
 export const OUTPUT_HIGH_WATER_BYTES = 4 * 1024 * 1024;
 
+/** The largest spill ring kept: room for two 2 MiB chunks' replies (2.8 MB each) waiting together. */
+const SPILL_RING_BYTES = 8 * 1024 * 1024;
+
 export abstract class BufferedConnection implements Connection {
   handler: ConnectionHandler | null = null;
   private readonly queue: Uint8Array[] = [];
   private queuedBytes = 0;
+  /** Copies of what is queued: the caller of send() may reuse its buffer. */
+  private readonly spill = new SpillRing(SPILL_RING_BYTES);
   private pausedBySession = false;
   private readPaused = false;
   protected closed = false;
@@ -33,6 +39,7 @@ export abstract class BufferedConnection implements Connection {
       if (written === bytes.length || this.closed) return;
       bytes = bytes.subarray(written);
     }
+    bytes = this.spill.copy(bytes);
     this.queue.push(bytes);
     this.queuedBytes += bytes.length;
     if (this.queue.length === 1) this.retryLater();
@@ -44,6 +51,7 @@ export abstract class BufferedConnection implements Connection {
       const head = this.queue[0]!;
       const written = this.tryWrite(head);
       this.queuedBytes -= written;
+      if (this.spill.holds(head)) this.spill.consumed(written);
       if (written < head.length) {
         this.queue[0] = head.subarray(written);
         if (!this.closed) this.retryLater();
@@ -76,6 +84,7 @@ export abstract class BufferedConnection implements Connection {
     this.closed = true;
     this.queue.length = 0;
     this.queuedBytes = 0;
+    this.spill.clear();
     this.handler?.onClose();
   }
 

@@ -6,7 +6,7 @@
 export interface Connection {
   /** For logs and audit: "unix-listen", "virtio-serial", ... */
   readonly transport: string;
-  /** Queue bytes for the peer; the transport buffers what the peer has not taken yet. */
+  /** Queue bytes for the peer; the transport keeps a copy of what the peer has not taken yet, so the caller may reuse `bytes`. */
   send(bytes: Uint8Array): void;
   /** Stop delivering data until resume(): the session is full. */
   pause(): void;
