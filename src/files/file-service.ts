@@ -45,9 +45,13 @@ const STAGED_ARCHIVE = "archive.tar.gz";
  * Every uploaded chunk leaves two copies of itself behind, the request's JSON
  * text and its base64 string (the frame and the decoded bytes go to kept
  * buffers), which the GC is in no hurry to collect: left alone, a long
- * transfer grows the agent by hundreds of MB. A synchronous full collection
- * after every GC_EVERY_BYTES uploaded keeps a 1 GiB push near 110 MiB (an eden
- * collection does not free those strings: 250 MiB; every 32 MiB: 145 MiB).
+ * transfer grows the agent by hundreds of MB. An eden collection after every
+ * GC_EVERY_BYTES frees most of them; the engine's own collections promote
+ * those still in use at that moment, which only a full collection frees, run
+ * after every FULL_GC_EVERY_BYTES. 1 GiB push on the bench machine (peak RSS
+ * from an idle 54 MiB): a full collection every 8 MiB, 192 MiB/s and 110 MiB;
+ * eden only, 250 MiB; full every 32 MiB, 291 MiB/s but up to 151 MiB when the
+ * agent started higher; this, 229 MiB/s and 107 MiB.
  * A read leaves only young garbage (its buffer is kept, its reply encoded in a
  * kept frame from 16 KB base64 strings, see response-frames.ts): an eden
  * collection is enough there and costs nothing measurable, where a full one
@@ -55,14 +59,15 @@ const STAGED_ARCHIVE = "archive.tar.gz";
  * it near 100.
  */
 const GC_EVERY_BYTES = 8 * 1024 * 1024;
+const FULL_GC_EVERY_BYTES = 16 * 1024 * 1024;
 
 /**
  * Chunk-sized buffers kept between calls, for what copy_from_guest reads and
  * what upload_chunk decodes: a fresh multi-MB allocation per call costs page
  * faults on every chunk. A call takes one for itself until its reply is
- * encoded or its chunk written (a call finding none allocates its own), so
- * calls never share a buffer. Two are kept, as the client pipelines two
- * chunks; they stay resident.
+ * encoded or its chunk written (a call finding none big enough allocates one
+ * of the size it needs), so calls never share a buffer. Two are kept, as the
+ * client pipelines two chunks; they stay resident.
  */
 const CHUNK_BUFFERS_KEPT = 2;
 
@@ -112,6 +117,7 @@ export class FileManager implements FileService {
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
   private uploadedSinceGc = 0;
+  private uploadedSinceFullGc = 0;
   private readSinceGc = 0;
   private readonly chunkBuffers: Buffer[] = [];
 
@@ -161,7 +167,7 @@ export class FileManager implements FileService {
       refuseHardlinked(params.path, stat);
       const size = stat.size;
       const want = Math.max(0, Math.min(length, size - params.offset));
-      const buffer = this.takeChunkBuffer();
+      const buffer = this.takeChunkBuffer(want);
       const giveBack = () => this.giveBackChunkBuffer(buffer);
       try {
         // The reply encoder gives the buffer back once the chunk is in its frame.
@@ -234,7 +240,7 @@ export class FileManager implements FileService {
     }
     // Decoded now, into a kept buffer, before waiting for the upload's earlier chunks: only the bytes wait, and
     // the request's multi-MB strings are garbage at once.
-    const buffer = this.takeChunkBuffer();
+    const buffer = this.takeChunkBuffer(length);
     const bytes = decodeBase64Into(content_base64, buffer);
     const written = this.withUpload(upload_id, async (upload) => {
       if (upload.committed) throw new RpcError("INVALID_PARAMS", `Upload '${upload.id}' is already committed`, { upload_id: upload.id });
@@ -353,8 +359,12 @@ export class FileManager implements FileService {
 
   // ------------------------------------------------------------ internals
 
-  private takeChunkBuffer(): Buffer {
-    return this.chunkBuffers.pop() ?? Buffer.allocUnsafe(this.chunkBytes);
+  /** A kept buffer of at least `bytes`, or a new one of exactly that size (kept afterwards in place of a smaller one). */
+  private takeChunkBuffer(bytes: number): Buffer {
+    const fits = this.chunkBuffers.findIndex((buffer) => buffer.length >= bytes);
+    if (fits >= 0) return this.chunkBuffers.splice(fits, 1)[0]!;
+    this.chunkBuffers.shift();
+    return Buffer.allocUnsafe(bytes);
   }
 
   private giveBackChunkBuffer(buffer: Buffer): void {
@@ -363,9 +373,14 @@ export class FileManager implements FileService {
 
   private collectAfterUpload(bytes: number): void {
     this.uploadedSinceGc += bytes;
-    if (this.uploadedSinceGc < GC_EVERY_BYTES) return;
-    this.uploadedSinceGc = 0;
-    Bun.gc(true);
+    this.uploadedSinceFullGc += bytes;
+    if (this.uploadedSinceFullGc >= FULL_GC_EVERY_BYTES) {
+      this.uploadedSinceFullGc = this.uploadedSinceGc = 0;
+      Bun.gc(true);
+    } else if (this.uploadedSinceGc >= GC_EVERY_BYTES) {
+      this.uploadedSinceGc = 0;
+      edenGC();
+    }
   }
 
   private collectAfterRead(bytes: number): void {

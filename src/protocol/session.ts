@@ -142,10 +142,14 @@ export class RpcSession implements ConnectionHandler, FrameSink {
   private schedule(message: unknown, bytes: number, done: (response: Response | null) => void): void {
     const generation = this.generation;
     const reply = (response: Response | null) => done(generation === this.generation ? response : null);
+    // Handed over once: the closures below outlive the dispatch until the reply, and must not keep the request
+    // (an upload chunk's multi-MB string) alive that long, or only a full collection would free it.
+    let request: unknown = message;
     const run = () => {
       this.inFlight++;
       this.inFlightBytes += bytes;
-      const out = this.dispatcher.handle(message, this.context);
+      const out = this.dispatcher.handle(request, this.context);
+      request = undefined;
       if (out instanceof Promise) void out.then((response) => this.finish(response, bytes, reply));
       else this.finish(out, bytes, reply);
     };
