@@ -6,7 +6,6 @@ import { Base64Bytes, base64DecodedLength, base64Length, decodeBase64Into, encod
 import { HEADER_BYTES } from "../src/protocol/framing.ts";
 import type { Response } from "../src/protocol/jsonrpc.ts";
 import { ResponseFrames } from "../src/protocol/response-frames.ts";
-import { SocketConnection } from "../src/transport/socket-connection.ts";
 
 const utf8 = new TextDecoder();
 
@@ -123,30 +122,5 @@ describe("ResponseFrames", () => {
     const large = frames.encode(chunkResponse(3, big));
     expect(frames.isKept(large)).toBe(false);
     expect(Buffer.from(JSON.parse(payloadOf(large)).result.content_base64, "base64").equals(big)).toBe(true);
-  });
-});
-
-describe("a connection keeps a copy of what it could not write", () => {
-  test("the caller may overwrite its buffer once send returns", () => {
-    const written: Uint8Array[] = [];
-    let room = 3;
-    const socket = {
-      write(bytes: Uint8Array) {
-        const n = Math.min(room, bytes.length);
-        written.push(new Uint8Array(bytes.subarray(0, n)));
-        room -= n;
-        return n;
-      },
-      pause() {},
-      resume() {},
-      end() {},
-    };
-    const connection = new SocketConnection("test", socket as never);
-    const buffer = Buffer.from("abcdefgh");
-    connection.send(buffer);
-    buffer.fill("z");
-    room = 100;
-    connection.flush();
-    expect(Buffer.concat(written).toString()).toBe("abcdefgh");
   });
 });
