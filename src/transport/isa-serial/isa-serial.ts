@@ -93,20 +93,12 @@ export class IsaSerialTransport implements Transport {
   private async serveLine(line: SerialLine, accept: AcceptConnection): Promise<{ received: number; failure?: string }> {
     const connection = new PortConnection(this.name, line);
     connection.handler = accept(connection);
-    let received = 0;
-    const reader = line.readStream().getReader();
     try {
-      for (;;) {
-        await connection.readable();
-        const { done, value } = await reader.read();
-        if (done) return { received };
-        received += value.length;
-        connection.handler.onData(value);
-      }
+      await connection.pump(line.readStream());
+      return { received: connection.received };
     } catch (error) {
-      return { received, failure: (error as Error).message };
+      return { received: connection.received, failure: (error as Error).message };
     } finally {
-      reader.releaseLock();
       connection.markClosed();
     }
   }

@@ -135,23 +135,14 @@ export class VirtioSerialTransport implements Transport {
       }
       const connection = new PortConnection(this.name, port);
       connection.handler = accept(connection);
-      let received = 0;
-      const reader = port.readStream().getReader();
       try {
-        for (;;) {
-          await connection.readable();
-          const { done, value } = await reader.read();
-          if (done) break;
-          received += value.length;
-          connection.handler.onData(value);
-        }
+        await connection.pump(port.readStream());
       } finally {
-        reader.releaseLock();
         connection.markClosed();
       }
       this.logger.debug("host disconnected", { transport: this.name });
       // A stream that ends at once while poll() says connected must not become a busy loop.
-      if (received === 0) await Bun.sleep(this.backoff.next());
+      if (connection.received === 0) await Bun.sleep(this.backoff.next());
       else this.backoff.reset();
     }
   }
@@ -168,6 +159,8 @@ export class PortConnection extends BufferedConnection {
   private resumeReading: { promise: Promise<void>; resolve: () => void } | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private retryDelayMs = 1;
+  /** Bytes the host sent on this connection. */
+  received = 0;
 
   constructor(
     transport: string,
@@ -176,9 +169,24 @@ export class PortConnection extends BufferedConnection {
     super(transport);
   }
 
-  /** Resolves when the session can take more data. */
-  readable(): Promise<void> {
-    return this.resumeReading?.promise ?? Promise.resolve();
+  /**
+   * Feeds the session from `stream` until it ends (counting into `received`).
+   * Waits for the session only while it is full: a virtio-serial read is at
+   * most 4 KiB (one driver buffer), so an extra await per read is felt.
+   */
+  async pump(stream: ReadableStream<Uint8Array>): Promise<void> {
+    const reader = stream.getReader();
+    try {
+      for (;;) {
+        if (this.resumeReading) await this.resumeReading.promise;
+        const { done, value } = await reader.read();
+        if (done) return;
+        this.received += value.length;
+        this.handler?.onData(value);
+      }
+    } finally {
+      reader.releaseLock();
+    }
   }
 
   protected writeSome(bytes: Uint8Array): number {
