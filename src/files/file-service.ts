@@ -10,7 +10,7 @@
  * chunk by chunk with an incremental SHA-256, so memory stays bounded by one
  * chunk whatever the file size.
  */
-import { edenGC } from "bun:jsc";
+import { edenGC, fullGC } from "bun:jsc";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import { closeSync, promises as fsp, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
@@ -45,21 +45,22 @@ const STAGED_ARCHIVE = "archive.tar.gz";
  * Every uploaded chunk leaves two copies of itself behind, the request's JSON
  * text and its base64 string (the frame and the decoded bytes go to kept
  * buffers), which the GC is in no hurry to collect: left alone, a long
- * transfer grows the agent by hundreds of MB. An eden collection after every
- * GC_EVERY_BYTES frees most of them; the engine's own collections promote
- * those still in use at that moment, which only a full collection frees, run
- * after every FULL_GC_EVERY_BYTES. 1 GiB push on the bench machine (peak RSS
- * from an idle 54 MiB): a full collection every 8 MiB, 192 MiB/s and 110 MiB;
- * eden only, 250 MiB; full every 32 MiB, 291 MiB/s but up to 151 MiB when the
- * agent started higher; this, 229 MiB/s and 107 MiB.
+ * transfer grows the agent by hundreds of MB. An eden collection does not
+ * free them (the engine's own collections promote the strings still in use at
+ * that moment; 1 GiB push: 250 MiB peak), so a full one runs after every
+ * UPLOAD_GC_EVERY_BYTES: JSC's (fullGC), not Bun.gc(true), which also hands
+ * the freed memory back to the system only for the next chunk to fault it in
+ * again. 1 GiB push on the bench machine, from an agent idle at 68 MiB:
+ * Bun.gc(true) every 8 MiB, ~200 MiB/s; fullGC every 8 MiB, ~315 MiB/s but a
+ * 138 MiB peak; every 4 MiB, ~235 MiB/s and 119-125 MiB.
  * A read leaves only young garbage (its buffer is kept, its reply encoded in a
  * kept frame from 16 KB base64 strings, see response-frames.ts): an eden
- * collection is enough there and costs nothing measurable, where a full one
- * halved read throughput. Without it a 1 GiB pull peaked at 135-160 MiB, with
- * it near 100.
+ * collection every READ_GC_EVERY_BYTES is enough there and costs nothing
+ * measurable, where a full one halved read throughput. Without it a 1 GiB pull
+ * peaked at 135-160 MiB, with it near 100.
  */
-const GC_EVERY_BYTES = 8 * 1024 * 1024;
-const FULL_GC_EVERY_BYTES = 16 * 1024 * 1024;
+const UPLOAD_GC_EVERY_BYTES = 4 * 1024 * 1024;
+const READ_GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
  * Chunk-sized buffers kept between calls, for what copy_from_guest reads and
@@ -117,7 +118,6 @@ export class FileManager implements FileService {
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
   private uploadedSinceGc = 0;
-  private uploadedSinceFullGc = 0;
   private readSinceGc = 0;
   private readonly chunkBuffers: Buffer[] = [];
 
@@ -373,19 +373,14 @@ export class FileManager implements FileService {
 
   private collectAfterUpload(bytes: number): void {
     this.uploadedSinceGc += bytes;
-    this.uploadedSinceFullGc += bytes;
-    if (this.uploadedSinceFullGc >= FULL_GC_EVERY_BYTES) {
-      this.uploadedSinceFullGc = this.uploadedSinceGc = 0;
-      Bun.gc(true);
-    } else if (this.uploadedSinceGc >= GC_EVERY_BYTES) {
-      this.uploadedSinceGc = 0;
-      edenGC();
-    }
+    if (this.uploadedSinceGc < UPLOAD_GC_EVERY_BYTES) return;
+    this.uploadedSinceGc = 0;
+    fullGC();
   }
 
   private collectAfterRead(bytes: number): void {
     this.readSinceGc += bytes;
-    if (this.readSinceGc < GC_EVERY_BYTES) return;
+    if (this.readSinceGc < READ_GC_EVERY_BYTES) return;
     this.readSinceGc = 0;
     edenGC();
   }
