@@ -119,15 +119,19 @@ describe.skipIf(!wineAvailable)("under Wine's SCM", () => {
     const { dir } = await prepareWine();
     // In a directory of its own: the service's log goes beside its config.
     const badDir = makeTempDir("kma-wine-bad-");
-    const badConfig = join(badDir, "config.toml");
-    writeFileSync(badConfig, "[transport]\ntype = \"carrier-pigeon\"\n");
-    const binPath = `${winePath(join(dir, "kvm-manager-agent.exe"))} --service --config ${winePath(badConfig)}`;
-    expect((await runWineProgram(["sc", "create", "kma-bad", "binPath=", binPath])).exitCode).toBe(0);
-    await runWineProgram(["sc", "start", "kma-bad"]);
-    expect(await settledState("kma-bad")).toEqual({ state: "STOPPED", win32ExitCode: 1066 });
-    const log = logLines(join(badDir, "agent.log"));
-    expect(log.find((line) => line.level === "error")).toMatchObject({ msg: "the service could not start", error: expect.stringContaining("config.toml: [transport] type: Invalid option") });
-    expect((await runWineProgram(["sc", "delete", "kma-bad"])).exitCode).toBe(0);
+    try {
+      const badConfig = join(badDir, "config.toml");
+      writeFileSync(badConfig, "[transport]\ntype = \"carrier-pigeon\"\n");
+      const binPath = `${winePath(join(dir, "kvm-manager-agent.exe"))} --service --config ${winePath(badConfig)}`;
+      expect((await runWineProgram(["sc", "create", "kma-bad", "binPath=", binPath])).exitCode).toBe(0);
+      await runWineProgram(["sc", "start", "kma-bad"]);
+      expect(await settledState("kma-bad")).toEqual({ state: "STOPPED", win32ExitCode: 1066 });
+      const log = logLines(join(badDir, "agent.log"));
+      expect(log.find((line) => line.level === "error")).toMatchObject({ msg: "the service could not start", error: expect.stringContaining("config.toml: [transport] type: Invalid option") });
+      expect((await runWineProgram(["sc", "delete", "kma-bad"])).exitCode).toBe(0);
+    } finally {
+      rmSync(badDir, { recursive: true, force: true });
+    }
   }, 300_000);
 
   test("--install-service registers it (auto start, LocalSystem, --service); --uninstall-service removes it", async () => {
