@@ -128,13 +128,22 @@ function execCase(name: string, count: number): Case<LatencySample> {
   };
 }
 
+/** Round trips per side in the file case: one run of either agent moved by as much as 2x between bench runs on this machine. */
+const FILE_REPEATS = 3;
+
 /**
  * Write then read back 64 MiB, each side on its endpoint's protocol (see TRANSFER in bench/workloads.ts): upload_* / copy_from_guest
- * natively, guest-file-open/write/read/close over QGA. `dir` is where the files go, on the machine the agents run on.
+ * natively, guest-file-open/write/read/close over QGA; FILE_REPEATS times, the median time of each direction.
+ * `dir` is where the files go, on the machine the agents run on.
  */
 function fileCase(dir: string, names: { write: string; read: string }): Case<Transfer> {
   const mib = 64;
-  const transfer = (ep: Endpoint) => fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024);
+  const transfer = async (ep: Endpoint): Promise<Transfer> => {
+    const runs: Transfer[] = [];
+    for (let i = 0; i < FILE_REPEATS; i++) runs.push(await fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024));
+    const median = (values: number[]) => values.sort((a, b) => a - b)[values.length >> 1]!;
+    return { writeSeconds: median(runs.map((run) => run.writeSeconds)), readSeconds: median(runs.map((run) => run.readSeconds)) };
+  };
   return {
     name: `file write/read ${mib} MiB`,
     ours: transfer,
@@ -248,7 +257,7 @@ async function hostSections(binary: string, haveQga: boolean): Promise<Section[]
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
-    "Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it.",
+    `Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it. Median of ${FILE_REPEATS} round trips per side.`,
   ];
   if (haveQga) {
     notes.push(
@@ -329,7 +338,7 @@ async function vmSection(binary: string): Promise<Section> {
       `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
-      "Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (qemu-ga returns none): under TCG that hash is ~80 of the ~470 ms a 4 MiB read chunk costs in the guest, the single largest difference between the two read paths. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.",
+      `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns and of every chunk it receives (qemu-ga does neither). With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
     ];
     return { title: "Inside a VM: kvm-manager-agent vs qemu-ga over virtio-serial", rows, notes };
   } finally {
