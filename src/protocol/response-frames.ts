@@ -64,9 +64,8 @@ export class ResponseFrames {
 function binaryPieces(response: Response): (string | Base64Bytes)[] | null {
   if (!("result" in response)) return null;
   const result = response.result;
-  if (typeof result !== "object" || result === null || Array.isArray(result)) return null;
-  const members = Object.entries(result);
-  if (!members.some(([, value]) => value instanceof Base64Bytes)) return null;
+  if (!hasBase64Bytes(result)) return null;
+  const members = Object.entries(result as object);
   const pieces: (string | Base64Bytes)[] = [];
   let text = `{"jsonrpc":"2.0","id":${JSON.stringify(response.id)},"result":{`;
   let separator = "";
@@ -83,6 +82,13 @@ function binaryPieces(response: Response): (string | Base64Bytes)[] | null {
   }
   pieces.push(`${text}}}`);
   return pieces;
+}
+
+/** On every reply's path, so without allocating: most results are small plain objects with no Base64Bytes. */
+function hasBase64Bytes(result: unknown): boolean {
+  if (typeof result !== "object" || result === null || Array.isArray(result)) return false;
+  for (const key in result) if ((result as Record<string, unknown>)[key] instanceof Base64Bytes) return true;
+  return false;
 }
 
 /** One for the whole agent: frames are built and handed to a connection without a pause in between. */
