@@ -12,9 +12,8 @@ import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorCode } from "./errors.ts";
 import { encodeFrame, FrameDecoder, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "./framing.ts";
 import { errorResponse, type Response } from "./jsonrpc.ts";
+import { parseFramePayload } from "./parse-frame.ts";
 import { responseFrames } from "./response-frames.ts";
-
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** What the session needs of the dispatcher: one request in, its response (or null) out. */
 export interface RequestHandler {
@@ -99,15 +98,9 @@ export class RpcSession implements ConnectionHandler, FrameSink {
 
   onFrame(payload: Uint8Array): void {
     if (payload.length === 0) return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: empty frame"));
-    let text: string;
-    try {
-      text = utf8.decode(payload);
-    } catch {
-      return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: frame is not valid UTF-8"));
-    }
     let message: unknown;
     try {
-      message = JSON.parse(text);
+      message = parseFramePayload(payload);
     } catch (error) {
       return this.send(errorResponse(null, errorCode("PARSE_ERROR"), `Parse error: ${(error as Error).message}`));
     }

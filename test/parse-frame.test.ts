@@ -1,0 +1,85 @@
+/** Frames parsed around their one long string give exactly what JSON.parse of the whole text gives. */
+import { describe, expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { parseFramePayload } from "../src/protocol/parse-frame.ts";
+
+const encoder = new TextEncoder();
+const long = (n = 100_000) => randomBytes(Math.ceil((n * 3) / 4)).toString("base64").slice(0, n);
+
+/** The reference: the whole payload decoded and parsed, or the error message that gives. */
+function reference(payload: Uint8Array): { value: unknown } | { error: string } {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(payload);
+  } catch {
+    return { error: "frame is not valid UTF-8" };
+  }
+  try {
+    return { value: JSON.parse(text) };
+  } catch (error) {
+    return { error: (error as Error).message };
+  }
+}
+
+function outcome(payload: Uint8Array): { value: unknown } | { error: string } {
+  try {
+    return { value: parseFramePayload(payload) };
+  } catch (error) {
+    return { error: (error as Error).message };
+  }
+}
+
+describe("parseFramePayload", () => {
+  const data = long();
+  const texts: [string, string][] = [
+    ["an upload chunk", JSON.stringify({ jsonrpc: "2.0", id: 7, method: "upload_chunk", params: { upload_id: "u", offset: 0, content_base64: data } })],
+    ["the long string at the top", JSON.stringify(data)],
+    ["in an array, deep", JSON.stringify({ a: [1, { b: [null, data, "x"] }], c: "\"quoted\" \\ back" })],
+    ["escaped quotes and backslashes before it", JSON.stringify({ s: 'a\\"b\\\\', t: "\\", u: data })],
+    ["two long strings", JSON.stringify({ a: data, b: long(60_000), c: data.slice(0, 40_000) })],
+    ["the longest string is a key", JSON.stringify({ [data]: 1, v: "short" })],
+    ["a key, with spaces before its colon", `{"${data}"  \n :1}`],
+    ["with escapes inside the long string", JSON.stringify({ v: `${data}\n\t"${data}` })],
+    ["with non-ASCII inside the long string", JSON.stringify({ v: `${data}é€😀` })],
+    ["whitespace around everything", ` \n{ "v" : "${data}" , "w" : [ ] } \n`],
+    ["the placeholder's look-alike sent by a host", JSON.stringify({ v: data, w: "\u0000kma-long-string-1-2-3-4" })],
+    ["a batch", JSON.stringify([{ id: 1, params: { v: data } }, { id: 2 }])],
+    ["not JSON: unterminated", `{"v":"${data}"`],
+    ["not JSON: trailing comma", `{"v":"${data}",}`],
+    ["not JSON: two values", `{"v":"${data}"} {"w":1}`],
+    ["not JSON: an odd number of quotes", `{"v":"${data}", "w":"x}`],
+  ];
+  for (const [name, text] of texts) {
+    test(name, () => {
+      const payload = encoder.encode(text);
+      expect(outcome(payload)).toEqual(reference(payload));
+    });
+  }
+
+  test("invalid UTF-8 beside a long string is refused as such", () => {
+    const payload = Buffer.concat([encoder.encode(`{"v":"${data}","w":"`), Uint8Array.of(0xc3, 0x28), encoder.encode('"}')]);
+    expect(outcome(payload)).toEqual({ error: "frame is not valid UTF-8" });
+  });
+
+  test("a long string is the same string, not a copy of the caller's later bytes", () => {
+    const payload = encoder.encode(JSON.stringify({ v: data }));
+    const value = parseFramePayload(payload) as { v: string };
+    payload.fill(0x41);
+    expect(value.v).toBe(data);
+  });
+
+  test("random documents with long strings anywhere match JSON.parse", () => {
+    let seed = 11;
+    const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) % n;
+    const leaf = (): unknown => [() => random(1000), () => "s\"\\" + random(9), () => null, () => long(33_000 + random(100)), () => true][random(5)]!();
+    const node = (depth: number): unknown => {
+      if (depth > 3 || random(3) === 0) return leaf();
+      if (random(2) === 0) return Array.from({ length: random(4) }, () => node(depth + 1));
+      return Object.fromEntries(Array.from({ length: random(4) }, (_, i) => [`k${i}`, node(depth + 1)]));
+    };
+    for (let i = 0; i < 60; i++) {
+      const payload = encoder.encode(JSON.stringify(node(0)));
+      expect(outcome(payload)).toEqual(reference(payload));
+    }
+  });
+});
