@@ -42,17 +42,16 @@ const DEFAULT_FILE_MODE = 0o644;
 const STAGED_ARCHIVE = "archive.tar.gz";
 
 /**
- * Every uploaded chunk leaves two copies of itself behind, the request's JSON
- * text and its base64 string (the frame and the decoded bytes go to kept
- * buffers), which the GC is in no hurry to collect: left alone, a long
- * transfer grows the agent by hundreds of MB. An eden collection does not
- * free them (the engine's own collections promote the strings still in use at
- * that moment; 1 GiB push: 250 MiB peak), so a full one runs after every
- * UPLOAD_GC_EVERY_BYTES: JSC's (fullGC), not Bun.gc(true), which also hands
- * the freed memory back to the system only for the next chunk to fault it in
- * again. 1 GiB push on the bench machine, from an agent idle at 68 MiB:
- * Bun.gc(true) every 8 MiB, ~200 MiB/s; fullGC every 8 MiB, ~315 MiB/s but a
- * 138 MiB peak; every 4 MiB, ~235 MiB/s and 119-125 MiB.
+ * An uploaded chunk leaves its base64 string behind (the frame and the decoded
+ * bytes go to kept buffers, and the rest of the request is small: see
+ * protocol/parse-frame.ts). The string dies young, so an eden collection after
+ * every UPLOAD_GC_EVERY_BYTES frees it; a full one (JSC's fullGC, not
+ * Bun.gc(true), which also hands the freed memory back to the system only for
+ * the next chunk to fault it in again) after every UPLOAD_FULL_GC_EVERY_BYTES
+ * catches what the engine's own collections promoted. 1 GiB push on the bench
+ * machine from an agent idle at 68-79 MiB: this, ~300 MiB/s and 110-112 MiB
+ * peak; eden only, 130-156 MiB; a full collection every 4 MiB, ~190 MiB/s;
+ * Bun.gc(true) every 8 MiB, as before, ~200 MiB/s.
  * A read leaves only young garbage (its buffer is kept, its reply encoded in a
  * kept frame from 16 KB base64 strings, see response-frames.ts): an eden
  * collection every READ_GC_EVERY_BYTES is enough there and costs nothing
@@ -60,6 +59,7 @@ const STAGED_ARCHIVE = "archive.tar.gz";
  * peaked at 135-160 MiB, with it near 100.
  */
 const UPLOAD_GC_EVERY_BYTES = 4 * 1024 * 1024;
+const UPLOAD_FULL_GC_EVERY_BYTES = 16 * 1024 * 1024;
 const READ_GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -118,6 +118,7 @@ export class FileManager implements FileService {
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
   private uploadedSinceGc = 0;
+  private uploadedSinceFullGc = 0;
   private readSinceGc = 0;
   private readonly chunkBuffers: Buffer[] = [];
 
@@ -239,7 +240,7 @@ export class FileManager implements FileService {
       return Promise.reject(new RpcError("TOO_LARGE", `Chunk of ${length} bytes is above chunk_bytes (${this.chunkBytes})`, { limit: this.chunkBytes }));
     }
     // Decoded now, into a kept buffer, before waiting for the upload's earlier chunks: only the bytes wait, and
-    // the request's multi-MB strings are garbage at once.
+    // the request's multi-MB string is garbage at once.
     const buffer = this.takeChunkBuffer(length);
     const bytes = decodeBase64Into(content_base64, buffer);
     const written = this.withUpload(upload_id, async (upload) => {
@@ -373,9 +374,14 @@ export class FileManager implements FileService {
 
   private collectAfterUpload(bytes: number): void {
     this.uploadedSinceGc += bytes;
-    if (this.uploadedSinceGc < UPLOAD_GC_EVERY_BYTES) return;
-    this.uploadedSinceGc = 0;
-    fullGC();
+    this.uploadedSinceFullGc += bytes;
+    if (this.uploadedSinceFullGc >= UPLOAD_FULL_GC_EVERY_BYTES) {
+      this.uploadedSinceFullGc = this.uploadedSinceGc = 0;
+      fullGC();
+    } else if (this.uploadedSinceGc >= UPLOAD_GC_EVERY_BYTES) {
+      this.uploadedSinceGc = 0;
+      edenGC();
+    }
   }
 
   private collectAfterRead(bytes: number): void {
