@@ -76,7 +76,8 @@ async function startOnPty(): Promise<PtyAgent> {
   // Bytes written before the agent opens the port wait in the pty's input
   // queue, so the first ping needs no retry loop; the generous timeout covers a slow start.
   expect(await request(pingRequest("hello", "pty"))).toEqual({ jsonrpc: "2.0", id: "hello", result: { pong: true, payload: "pty" } });
-  expect(current.stderr.text()).toContain("port open");
+  // The log line travels on another pipe than the answer: it may come a moment later.
+  await eventually(() => current.stderr.text().includes("port open"));
   return {
     pty,
     peer,
