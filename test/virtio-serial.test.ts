@@ -4,12 +4,14 @@
  * standing in for the port) and by the VM tests.
  */
 import { afterEach, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "../src/log/logger.ts";
 import type { Connection, ConnectionHandler } from "../src/transport/transport.ts";
-import { Backoff, VirtioSerialTransport, type PortDevice } from "../src/transport/virtio-serial/virtio-serial.ts";
+import { Backoff } from "../src/transport/device-transport.ts";
+import { LinuxPortDevice } from "../src/transport/virtio-serial/linux.ts";
+import { VirtioSerialTransport, type PortDevice } from "../src/transport/virtio-serial/virtio-serial.ts";
 
 /** A port whose host the test plugs in and out, and whose reads and writes it scripts. */
 class ScriptedPort implements PortDevice {
@@ -222,4 +224,16 @@ test("Backoff doubles up to its ceiling and resets", () => {
   expect([backoff.next(), backoff.next(), backoff.next(), backoff.next()]).toEqual([10, 20, 40, 50]);
   backoff.reset();
   expect(backoff.next()).toBe(10);
+});
+
+test("closing a port twice leaves alone the file that got its fd number meanwhile", () => {
+  const port = LinuxPortDevice.open("/dev/null");
+  port.close();
+  const other = openSync("/dev/zero", "r"); // The lowest free fd: most likely the port's old one.
+  try {
+    port.close();
+    expect(() => fstatSync(other)).not.toThrow();
+  } finally {
+    closeSync(other);
+  }
 });

@@ -5,6 +5,8 @@ import { closeSync, writeSync } from "node:fs";
  * read through Bun's epoll-driven stream, written without ever blocking.
  */
 export class NonBlockingCharDevice {
+  private closed = false;
+
   protected constructor(protected readonly fd: number) {}
 
   readStream(): ReadableStream<Uint8Array> {
@@ -21,7 +23,10 @@ export class NonBlockingCharDevice {
     }
   }
 
+  /** Once only: after the first close the fd number may already belong to another file. */
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
     try {
       closeSync(this.fd);
     } catch {
