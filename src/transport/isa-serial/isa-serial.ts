@@ -12,8 +12,9 @@
  * have flowed, so a line that stays hung up is retried at most once a second.
  */
 import type { Logger } from "../../log/logger.ts";
-import type { AcceptConnection, Transport } from "../transport.ts";
-import { Backoff, deviceMissing, devicePresent, PortConnection } from "../virtio-serial/virtio-serial.ts";
+import { DeviceTransport, devicePresent } from "../device-transport.ts";
+import type { AcceptConnection } from "../transport.ts";
+import { PortConnection } from "../virtio-serial/virtio-serial.ts";
 import { LinuxSerialLine } from "./linux.ts";
 import { openWindowsLine } from "./windows.ts";
 
@@ -32,61 +33,25 @@ const HUNG_UP = "serial line hung up; reopening it";
 
 const openPlatformLine: OpenLine = process.platform === "win32" ? (path) => openWindowsLine(path) : (path) => LinuxSerialLine.open(path);
 
-export class IsaSerialTransport implements Transport {
+export class IsaSerialTransport extends DeviceTransport<SerialLine> {
   readonly name = "isa-serial";
-  private running = false;
-  private line: SerialLine | null = null;
-  private readonly backoff = new Backoff();
-  /** Each distinct problem is logged once until it changes, not once per retry. */
-  private lastProblem = "";
 
-  constructor(
-    private readonly path: string,
-    private readonly logger: Logger,
-    private readonly openLine: OpenLine = openPlatformLine,
-    private readonly present: (path: string) => boolean = devicePresent,
-  ) {}
-
-  async start(accept: AcceptConnection): Promise<void> {
-    this.running = true;
-    void this.serve(accept);
+  constructor(path: string, logger: Logger, openLine: OpenLine = openPlatformLine, present: (path: string) => boolean = devicePresent) {
+    super(path, logger, "serial device", openLine, present);
   }
 
-  async close(): Promise<void> {
-    this.running = false;
-    this.line?.close();
-    this.line = null;
-  }
-
-  private async serve(accept: AcceptConnection): Promise<void> {
-    while (this.running) {
-      if (!this.present(this.path)) {
-        this.problem("serial device not present yet; waiting for it");
-        await Bun.sleep(this.backoff.next());
-        continue;
-      }
-      let line: SerialLine;
-      try {
-        line = this.openLine(this.path);
-      } catch (error) {
-        this.problem(deviceMissing(error) ? "serial device not present yet; waiting for it" : `cannot open serial device: ${(error as Error).message}`);
-        await Bun.sleep(this.backoff.next());
-        continue;
-      }
-      this.line = line;
-      // Reopening a line that hung up again at once is not news.
-      this.logger[this.lastProblem === HUNG_UP ? "debug" : "info"]("port open", { transport: this.name, path: this.path });
-      const { received, failure } = await this.serveLine(line, accept);
-      line.close();
-      this.line = null;
-      if (!this.running) break;
-      if (received > 0) {
-        this.backoff.reset();
-        this.lastProblem = "";
-      }
-      this.problem(failure === undefined ? HUNG_UP : `serial line failed; reopening it: ${failure}`);
-      await Bun.sleep(this.backoff.next());
+  protected async serveDevice(line: SerialLine, accept: AcceptConnection): Promise<void> {
+    // Reopening a line that hung up again at once is not news.
+    this.logger[this.lastProblem === HUNG_UP ? "debug" : "info"]("port open", { transport: this.name, path: this.path });
+    const { received, failure } = await this.serveLine(line, accept);
+    line.close();
+    if (!this.running) return;
+    if (received > 0) {
+      this.backoff.reset();
+      this.lastProblem = "";
     }
+    this.problem(failure === undefined ? HUNG_UP : `serial line failed; reopening it: ${failure}`);
+    await Bun.sleep(this.backoff.next());
   }
 
   /** One session for as long as the line is up. */
@@ -101,11 +66,5 @@ export class IsaSerialTransport implements Transport {
     } finally {
       connection.markClosed();
     }
-  }
-
-  private problem(message: string): void {
-    if (message === this.lastProblem) return;
-    this.lastProblem = message;
-    this.logger.warn(message, { transport: this.name, path: this.path });
   }
 }

@@ -7,12 +7,12 @@
  * (fresh framing state) until its stream ends, and start again. A read or
  * device error (unplug) closes the port and goes back to waiting for it.
  */
-import { existsSync } from "node:fs";
 import type { Logger } from "../../log/logger.ts";
 import { BufferedConnection } from "../buffered-connection.ts";
-import type { AcceptConnection, Transport } from "../transport.ts";
+import { DeviceTransport, devicePresent } from "../device-transport.ts";
+import type { AcceptConnection } from "../transport.ts";
 import { LinuxPortDevice } from "./linux.ts";
-import { PortRemovalError, Win32Error, WindowsPortDevice } from "./windows.ts";
+import { PortRemovalError, WindowsPortDevice } from "./windows.ts";
 
 /** The OS half of the transport: one open port. */
 export interface PortDevice {
@@ -36,92 +36,26 @@ export type OpenPort = (path: string) => PortDevice;
  */
 const REOPEN_AFTER_REMOVAL_MS = 2_000;
 
-/** Delays for polling a missing device: quick at first, then at most once a second. */
-export class Backoff {
-  private delay: number;
-
-  constructor(
-    private readonly initialMs = 20,
-    private readonly maxMs = 1_000,
-  ) {
-    this.delay = initialMs;
-  }
-
-  next(): number {
-    const current = this.delay;
-    this.delay = Math.min(this.delay * 2, this.maxMs);
-    return current;
-  }
-
-  reset(): void {
-    this.delay = this.initialMs;
-  }
-}
-
-/** Windows has no device node to look for: CreateFileW itself says whether the port is there (Win32Error.deviceMissing). */
-export const devicePresent = process.platform === "win32" ? () => true : existsSync;
-
-/** True when opening failed only because the device is not there (yet, or any more). */
-export function deviceMissing(error: unknown): boolean {
-  return error instanceof Win32Error && error.deviceMissing;
-}
-
 const openPlatformPort: OpenPort = process.platform === "win32" ? (path) => WindowsPortDevice.open(path) : (path) => LinuxPortDevice.open(path);
 
-export class VirtioSerialTransport implements Transport {
+export class VirtioSerialTransport extends DeviceTransport<PortDevice> {
   readonly name = "virtio-serial";
-  private running = false;
-  private port: PortDevice | null = null;
-  private readonly backoff = new Backoff();
-  /** Each distinct problem is logged once until it changes, not once per retry. */
-  private lastProblem = "";
 
-  constructor(
-    private readonly path: string,
-    private readonly logger: Logger,
-    private readonly openPort: OpenPort = openPlatformPort,
-    private readonly present: (path: string) => boolean = devicePresent,
-  ) {}
-
-  async start(accept: AcceptConnection): Promise<void> {
-    this.running = true;
-    void this.serve(accept);
+  constructor(path: string, logger: Logger, openPort: OpenPort = openPlatformPort, present: (path: string) => boolean = devicePresent) {
+    super(path, logger, "port", openPort, present);
   }
 
-  async close(): Promise<void> {
-    this.running = false;
-    this.port?.close();
-    this.port = null;
-  }
-
-  private async serve(accept: AcceptConnection): Promise<void> {
-    while (this.running) {
-      if (!this.present(this.path)) {
-        this.problem("port not present yet; waiting for it");
-        await Bun.sleep(this.backoff.next());
-        continue;
-      }
-      let port: PortDevice;
-      try {
-        port = this.openPort(this.path);
-      } catch (error) {
-        this.problem(deviceMissing(error) ? "port not present yet; waiting for it" : `cannot open port: ${(error as Error).message}`);
-        await Bun.sleep(this.backoff.next());
-        continue;
-      }
-      this.port = port;
-      this.lastProblem = "";
-      this.backoff.reset();
-      this.logger.info("port open", { transport: this.name, path: this.path });
-      try {
-        await this.serveHosts(port, accept);
-      } catch (error) {
-        if (this.running) this.problem(`port failed; reopening: ${(error as Error).message}`);
-        await Bun.sleep(error instanceof PortRemovalError ? REOPEN_AFTER_REMOVAL_MS : this.backoff.next());
-      } finally {
-        port.close();
-        this.port = null;
-      }
+  protected async serveDevice(port: PortDevice, accept: AcceptConnection): Promise<void> {
+    this.lastProblem = "";
+    this.backoff.reset();
+    this.logger.info("port open", { transport: this.name, path: this.path });
+    try {
+      await this.serveHosts(port, accept);
+    } catch (error) {
+      if (this.running) this.problem(`port failed; reopening: ${(error as Error).message}`);
+      await Bun.sleep(error instanceof PortRemovalError ? REOPEN_AFTER_REMOVAL_MS : this.backoff.next());
+    } finally {
+      port.close();
     }
   }
 
@@ -145,12 +79,6 @@ export class VirtioSerialTransport implements Transport {
       if (connection.received === 0) await Bun.sleep(this.backoff.next());
       else this.backoff.reset();
     }
-  }
-
-  private problem(message: string): void {
-    if (message === this.lastProblem) return;
-    this.lastProblem = message;
-    this.logger.warn(message, { transport: this.name, path: this.path });
   }
 }
 
