@@ -45,10 +45,11 @@ describe("isBase64 and decodeBase64Into", () => {
     const random = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) % n;
     const faults = [" ", "\n", "=", "==", "-", "_", "A", "é", "\u0000"];
     const cases: string[] = ["", "QQ==", "QUJD", "QQ=", "QQ", "QQ==QQ==", "QR==", "====", "QUJD\n", "Q===", "QQ=A"];
-    for (const bytes of [12 * 1024 - 3, 12 * 1024, 12 * 1024 + 1, 24 * 1024 + 2, 40_000]) {
+    // Up to 4 MiB decoded, long texts are checked whole; above, in slices of 16 Ki characters.
+    for (const bytes of [12 * 1024 - 3, 12 * 1024, 12 * 1024 + 1, 24 * 1024 + 2, 40_000, 4 * 1024 * 1024, 4 * 1024 * 1024 + 1, 4 * 1024 * 1024 + 40_000]) {
       const valid = randomBytes(bytes).toString("base64");
       cases.push(valid);
-      for (const boundary of [16 * 1024, 32 * 1024, valid.length]) {
+      for (const boundary of [16 * 1024, 32 * 1024, valid.length - 16 * 1024, valid.length]) {
         for (const delta of [-5, -4, -1, 0, 1, 4]) {
           const at = Math.max(0, Math.min(valid.length, boundary + delta));
           const fault = faults[random(faults.length)]!;
@@ -68,6 +69,25 @@ describe("isBase64 and decodeBase64Into", () => {
       expect(Buffer.from(decodeBase64Into(text, target)).equals(bytes)).toBe(true);
     }
     expect(() => decodeBase64Into("QUJD", new Uint8Array(2))).toThrow(RangeError);
+  });
+
+  test("decodes what isBase64 just checked, also when another text was checked in between or the task has ended", async () => {
+    const [a, b] = [randomBytes(2 * 1024 * 1024 + 1), randomBytes(100_000)];
+    const [textA, textB] = [a.toString("base64"), b.toString("base64")];
+    const decoded = (text: string) => Buffer.from(decodeBase64Into(text, new Uint8Array(3 * 1024 * 1024)));
+    expect(isBase64(textA)).toBe(true);
+    expect(decoded(textA).equals(a)).toBe(true);
+    expect(decoded(textA).equals(a)).toBe(true);
+    expect(isBase64(textA)).toBe(true);
+    expect(isBase64(textB)).toBe(true);
+    expect(decoded(textA).equals(a)).toBe(true);
+    expect(decoded(textB).equals(b)).toBe(true);
+    expect(isBase64(textB)).toBe(true);
+    expect(isBase64(textA.slice(0, -4) + "QQ=A")).toBe(false);
+    expect(decoded(textB).equals(b)).toBe(true);
+    expect(isBase64(textA)).toBe(true);
+    await Promise.resolve();
+    expect(decoded(textA).equals(a)).toBe(true);
   });
 });
 
