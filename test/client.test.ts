@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startAgent, type RunningAgent } from "../src/agent.ts";
 import { AgentClient, AgentConnectionError, AgentRpcError, AgentTimeoutError } from "../src/client/client.ts";
+import { pullFile } from "../src/client/transfer.ts";
 import { defaultConfig } from "../src/config/schema.ts";
 import { silentLogger } from "../src/log/logger.ts";
 import { encodeFrame, FrameDecoder, SYNC_MARKER } from "../src/protocol/framing.ts";
@@ -162,6 +164,38 @@ describe("failures the host must be told about", () => {
       await Bun.sleep(250);
       client.close();
       fake.stop();
+    }
+  });
+
+  test("pull refuses a chunk whose base64 is broken or whose bytes do not match its sha256, and leaves no file behind", async () => {
+    const good = Buffer.from("the chunk the guest sent");
+    const sha = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+    const chunk = (content_base64: string, sha256 = sha(good)) => ({ content_base64, bytes: good.length, sha256, size: good.length, eof: true });
+    const cases = [
+      chunk(good.toString("base64")),
+      chunk(`${good.toString("base64").slice(0, -4)}!!!!`),
+      chunk(` ${good.toString("base64").slice(1)}`),
+      chunk(good.toString("base64"), sha(Buffer.from("something else"))),
+    ];
+    for (const [i, result] of cases.entries()) {
+      const fake = fakeAgent((request) => ({ jsonrpc: "2.0", id: request.id, result }));
+      const client = await AgentClient.connect(fake.path);
+      const local = join(dir, `pulled-${i}.bin`);
+      try {
+        const pulling = pullFile(client, "/tmp/x", local);
+        if (i === 0) {
+          expect((await pulling).sha256).toBe(sha(good));
+          expect(readFileSync(local).equals(good)).toBe(true);
+        } else {
+          expect(pulling).rejects.toThrow("chunk at offset 0 of /tmp/x arrived corrupted");
+          await pulling.catch(() => {});
+          expect(existsSync(local)).toBe(false);
+        }
+        expect(readdirSync(dir).filter((name) => name.endsWith(".part"))).toEqual([]);
+      } finally {
+        client.close();
+        fake.stop();
+      }
     }
   });
 

@@ -5,6 +5,7 @@
 import { errorCode } from "../protocol/errors.ts";
 import { FrameDecoder, encodeFrame, HEADER_BYTES, SYNC_MARKER, type FrameSink } from "../protocol/framing.ts";
 import type { RequestId, Response } from "../protocol/jsonrpc.ts";
+import { parseFramePayload } from "../protocol/parse-frame.ts";
 import { signRequest } from "../security/hmac.ts";
 import {
   METHOD_NAMES,
@@ -207,7 +208,8 @@ export class AgentClient implements ConnectionHandler, FrameSink {
     if (!this.synced) return;
     let message: Response | { method: string; params: unknown };
     try {
-      message = JSON.parse(new TextDecoder().decode(payload));
+      // A copy_from_guest reply is one long base64 string: parsed around it, as the agent parses upload chunks.
+      message = parseFramePayload(payload) as typeof message;
     } catch {
       return; // Not ours to answer; a garbled reply fails its call by timeout.
     }

@@ -8,6 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { base64DecodedLength, decodeBase64Into } from "../protocol/base64.ts";
 import { AgentRpcError, type AgentClient } from "./client.ts";
 
 export interface TransferProgress {
@@ -172,12 +173,24 @@ export async function pullFile(client: AgentClient, guestPath: string, localPath
     let offset = 0;
     const chunk = length;
     let total = 0;
+    // Each chunk is decoded into this buffer, written out and hashed before the next one is decoded.
+    let decoded = Buffer.allocUnsafe(chunk);
+    /** The chunk's bytes; null when its base64 is broken, which counts as corrupted. */
+    const decodeChunk = (base64: string): Uint8Array | null => {
+      const needed = Math.ceil(base64DecodedLength(base64));
+      if (needed > decoded.length) decoded = Buffer.allocUnsafe(needed);
+      try {
+        return decodeBase64Into(base64, decoded);
+      } catch {
+        return null;
+      }
+    };
     for (;;) {
       const next = queue.shift()!;
       const result = await next.reply;
       if (next.offset !== offset) throw new Error(`internal: reply for offset ${next.offset}, expected ${offset}`);
-      const bytes = Buffer.from(result.content_base64, "base64");
-      if (bytes.length !== result.bytes || createHash("sha256").update(bytes).digest("hex") !== result.sha256) {
+      const bytes = decodeChunk(result.content_base64);
+      if (!bytes || bytes.length !== result.bytes || createHash("sha256").update(bytes).digest("hex") !== result.sha256) {
         throw new Error(`chunk at offset ${offset} of ${guestPath} arrived corrupted (size or sha256 mismatch)`);
       }
       let at = 0;
