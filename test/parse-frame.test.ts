@@ -56,6 +56,22 @@ describe("parseFramePayload", () => {
     });
   }
 
+  test("raw control characters in a long string are refused as JSON.parse refuses them, wherever they stand", () => {
+    for (const control of ["\u0000", "\t", "\n", "\r", "\u001f"]) {
+      for (const at of [0, 1, 2, 3, 4, 5, 50_000, data.length - 5, data.length - 4, data.length - 3, data.length - 2, data.length - 1, data.length]) {
+        for (const prefix of ['{"v":"', '{"vv":"', '{"vvv":"', '{"vvvv":"']) {
+          const payload = encoder.encode(`${prefix}${data.slice(0, at)}${control}${data.slice(at)}"}`);
+          const result = outcome(payload);
+          expect(result).toEqual(reference(payload));
+          expect("error" in result).toBe(true);
+        }
+      }
+    }
+    // DEL (0x7f) and the other printable bytes around the control range stand raw in JSON.
+    const payload = encoder.encode(`{"v":"${data}\u007f ~!"}`);
+    expect(outcome(payload)).toEqual(reference(payload));
+  });
+
   test("invalid UTF-8 beside a long string is refused as such", () => {
     const payload = Buffer.concat([encoder.encode(`{"v":"${data}","w":"`), Uint8Array.of(0xc3, 0x28), encoder.encode('"}')]);
     expect(outcome(payload)).toEqual({ error: "frame is not valid UTF-8" });

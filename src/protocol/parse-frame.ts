@@ -50,9 +50,10 @@ function parseAroundLongString(payload: Uint8Array): { value: unknown } | undefi
   const span = longestString(payload);
   if (!span || span.end - span.start < LONG_STRING_BYTES) return undefined;
   const { start, end } = span;
-  // Only a plain ASCII run is its own JSON value byte for byte: no escapes, nothing to decode.
+  // Only a plain ASCII run is its own JSON value byte for byte: no escapes, nothing to decode, and no control
+  // characters, which JSON.parse refuses raw in a string.
   const inside = payload.subarray(start, end);
-  if (inside.indexOf(BACKSLASH) >= 0 || !isAscii(inside)) return undefined;
+  if (inside.indexOf(BACKSLASH) >= 0 || !isAscii(inside) || hasControlCharacter(inside)) return undefined;
   let rest: string;
   try {
     rest = utf8.decode(payload.subarray(0, start)) + JSON.stringify(PLACEHOLDER).slice(1, -1) + utf8.decode(payload.subarray(end));
@@ -84,6 +85,29 @@ function longestString(payload: Uint8Array): { start: number; end: number } | nu
     }
   }
   return best;
+}
+
+/**
+ * Whether ASCII `bytes` hold a byte below 0x20. Node and Bun offer no native
+ * scan for a byte range, so this one tests four bytes at a time: a byte below
+ * 0x20 borrows when 0x20 is taken from it, which sets its top bit where the
+ * byte's own top bit was clear (exact while every byte is below 0x80).
+ * 0.4 ms per 2.8 MB here, 5 ms in the TCG guest.
+ */
+function hasControlCharacter(bytes: Uint8Array): boolean {
+  const head = Math.min(bytes.length, (4 - (bytes.byteOffset & 3)) & 3);
+  const wordCount = (bytes.length - head) >>> 2;
+  const tail = head + wordCount * 4;
+  for (let at = 0; at < head; at++) if (bytes[at]! < 0x20) return true;
+  for (let at = tail; at < bytes.length; at++) if (bytes[at]! < 0x20) return true;
+  if (wordCount === 0) return false;
+  const words = new Uint32Array(bytes.buffer, bytes.byteOffset + head, wordCount);
+  let borrowed = 0;
+  for (let at = 0; at < wordCount; at++) {
+    const word = words[at]!;
+    borrowed |= (word - 0x20202020) & ~word;
+  }
+  return (borrowed & 0x80808080) !== 0;
 }
 
 /** An odd run of backslashes before `at` escapes the quote there. */
