@@ -66,8 +66,8 @@ const forgetLastChecked = () => {
 export function isBase64(text: string): boolean {
   if (text.length % 4 !== 0) return false;
   const expected = base64DecodedLength(text);
-  const padding = (text.length / 4) * 3 - expected;
   if (text.length > CHECK_SLICE_CHARS && expected <= CHECKED_KEPT_MAX_BYTES) return checkWhole(text, expected);
+  const padding = (text.length / 4) * 3 - expected;
   for (let from = 0; from < text.length; from += CHECK_SLICE_CHARS) {
     const slice = text.slice(from, from + CHECK_SLICE_CHARS);
     const last = from + CHECK_SLICE_CHARS >= text.length;
