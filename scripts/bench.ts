@@ -33,7 +33,7 @@ import { cpus } from "node:os";
 import { join } from "node:path";
 import { binaryPath } from "./build.ts";
 import { median, percentile, pipelined, rssMiB, sequential, type LatencySample, type ThroughputSample } from "./bench/measure.ts";
-import { choosePlacement, pinSelf, QEMU_GA, Servers } from "./bench/procs.ts";
+import { choosePlacement, pinSelf, QEMU_GA, Servers, type Placement } from "./bench/procs.ts";
 import type { Endpoint } from "./bench/raw-conn.ts";
 import { CHART_FILE, ratioChart } from "./bench/chart.ts";
 import { consoleTable, describeEnvironment, generatedSection, ratio, writeBenchmarksDoc, type Row, type Section } from "./bench/report.ts";
@@ -231,10 +231,15 @@ async function main(): Promise<number> {
   const haveQga = existsSync(QEMU_GA);
   const qgaVersion = haveQga ? Bun.spawnSync([QEMU_GA, "-V"]).stdout.toString().split("\n")[0]!.trim() : "not installed";
   const started = Date.now();
-  const sections: Section[] = await hostSections(binary, haveQga);
+  const cpuCount = cpus().length;
+  const placement = choosePlacement(process.env.BENCH_PIN, cpuCount);
+  // The client on CPU 0, every server (each agent, and QEMU for the VM) on the server CPU.
+  const serverCpu = placement === "none" ? null : placement === "same" ? 0 : cpuCount - 1;
+  if (placement !== "none") pinSelf(0);
+  const sections: Section[] = await hostSections(binary, haveQga, placement, serverCpu);
   if (process.env.BENCH_VM === "0") console.warn("bench: BENCH_VM=0: skipping the in-VM section");
   else if (!haveQga || !existsSync("/usr/bin/qemu-system-x86_64")) console.warn("bench: NOTE qemu-system-x86 or qemu-guest-agent missing: skipping the in-VM section");
-  else sections.push(await vmSection(binary));
+  else sections.push(await vmSection(binary, serverCpu));
 
   const env = describeEnvironment(qgaVersion);
   console.log(`\n${env.date}  ${env.machine}  ${env.cpuModel} (${env.cores} cores)  Bun ${env.bun}  ${env.qemuGa}`);
@@ -254,7 +259,7 @@ async function main(): Promise<number> {
 }
 
 /** Both agents as processes on this machine, on unix sockets: our protocol against qemu-ga's, then qemu-ga's on both. */
-async function hostSections(binary: string, haveQga: boolean): Promise<Section[]> {
+async function hostSections(binary: string, haveQga: boolean, placement: Placement, serverCpu: number | null): Promise<Section[]> {
   const notes: string[] = [
     `Sequential: ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
@@ -273,12 +278,7 @@ async function hostSections(binary: string, haveQga: boolean): Promise<Section[]
     notes.push(`qemu-ga was not installed on this machine (${QEMU_GA} missing): only our numbers were measured.`);
   }
   const servers = new Servers();
-  const cpuCount = cpus().length;
-  const placement = choosePlacement(process.env.BENCH_PIN, cpuCount);
-  if (placement !== "none") {
-    pinSelf(0);
-    servers.serverCpu = placement === "same" ? 0 : cpuCount - 1;
-  }
+  servers.serverCpu = serverCpu;
   notes.unshift(
     placement === "none"
       ? "CPU placement: not pinned (BENCH_PIN=none or taskset missing); sequential latency then varies with where the scheduler puts client and server."
@@ -322,8 +322,8 @@ async function hostSections(binary: string, haveQga: boolean): Promise<Section[]
 }
 
 /** Both agents inside one TCG guest, over real virtio-serial ports. */
-async function vmSection(binary: string): Promise<Section> {
-  const target = await startVmTarget(binary);
+async function vmSection(binary: string, serverCpu: number | null): Promise<Section> {
+  const target = await startVmTarget(binary, serverCpu === null ? undefined : String(serverCpu));
   try {
     console.log(`bench: VM up (qemu pid ${target.vm.pid}); first answers after ${target.firstAnswerMs.ours.toFixed(0)} / ${target.firstAnswerMs.theirs.toFixed(0)} ms`);
     const rows: Row[] = [
@@ -338,10 +338,13 @@ async function vmSection(binary: string): Promise<Section> {
     ];
     const notes = [
       "One guest (TCG, 1 vCPU, `-cpu max`, 512 MiB; Debian cloud kernel, busybox initramfs) runs both agents, started by its init at the same moment: ours on `org.kvmmanager.agent.0`, qemu-ga on `org.qemu.guest_agent.0`. The bench drives both through QEMU's chardev unix sockets, i.e. over real virtio-serial.",
+      serverCpu === null
+        ? "CPU placement: not pinned; QEMU and the bench client run where the scheduler puts them."
+        : `CPU placement: QEMU (its vCPU and I/O threads) on CPU ${serverCpu}, the bench client on CPU 0 (until this stop QEMU inherited the client's CPU 0 and shared it).`,
       `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
-      `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Under TCG that hash is most of the read gap: with it taken out (a test build, not shipped) our read here went from 17.4 to 30.5 MiB/s (3.3x qemu-ga's), on the host only from 313 to 334. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
+      `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Per 2 MiB in this guest (a script run by our binary as bun): SHA-256 42 ms, base64 encoding 17-21 ms, decoding 19 ms. A virtio-serial read returns one 4 KiB driver buffer and Bun's stream delivers one read at a time, so an upload chunk arrives in ~700 pieces. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
     ];
     return { title: "Inside a VM: kvm-manager-agent vs qemu-ga over virtio-serial", rows, notes };
   } finally {

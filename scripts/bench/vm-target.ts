@@ -31,9 +31,10 @@ async function firstAnswer(connect: () => Promise<Endpoint>, timeoutMs: number):
   throw new Error(`no answer within ${timeoutMs} ms: ${String(last)}`);
 }
 
-export async function startVmTarget(binary: string): Promise<VmTarget> {
+/** `hostCpus`: where QEMU runs (the bench's server CPU); it would otherwise share the client's. */
+export async function startVmTarget(binary: string, hostCpus?: string): Promise<VmTarget> {
   const image = await guestImage(binary);
-  const vm = await TestVm.boot({ image, append: "agent_args=--log-level,warn" });
+  const vm = await TestVm.boot({ image, append: "agent_args=--log-level,warn", hostCpus });
   try {
     // Short handshakes, retried: the guest's port swallows what a host writes before the agent opens it.
     const [ours, theirs] = await Promise.all([

@@ -172,6 +172,8 @@ export interface BootOptions {
   isaSerial?: "native" | "qga";
   /** Our agent answers only requests signed with GUEST_HMAC_KEY. */
   hmac?: boolean;
+  /** The host CPUs QEMU may run on (taskset -c), e.g. the bench's server CPU; default: where the caller may run. */
+  hostCpus?: string;
 }
 
 const running = new Set<TestVm>();
@@ -231,6 +233,7 @@ export class TestVm {
       Bun.spawnSync(["truncate", "-s", `${diskMiB}M`, disk]);
       args.push("-drive", `file=${disk},format=raw,if=virtio,cache=unsafe`);
     }
+    if (options.hostCpus !== undefined) args.unshift("taskset", "-c", options.hostCpus);
     const proc = Bun.spawn(args, { stdin: "ignore", stdout: Bun.file(join(dir, "qemu.out")), stderr: Bun.file(join(dir, "qemu.err")) });
     const vm = new TestVm(dir, proc, performance.now());
     running.add(vm);
