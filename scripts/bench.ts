@@ -340,7 +340,7 @@ async function vmSection(binary: string, serverCpu: number | null): Promise<Sect
       "One guest (TCG, 1 vCPU, `-cpu max`, 512 MiB; Debian cloud kernel, busybox initramfs) runs both agents, started by its init at the same moment: ours on `org.kvmmanager.agent.0`, qemu-ga on `org.qemu.guest_agent.0`. The bench drives both through QEMU's chardev unix sockets, i.e. over real virtio-serial.",
       serverCpu === null
         ? "CPU placement: not pinned; QEMU and the bench client run where the scheduler puts them."
-        : `CPU placement: QEMU (its vCPU and I/O threads) on CPU ${serverCpu}, the bench client on CPU 0 (until this stop QEMU inherited the client's CPU 0 and shared it).`,
+        : `CPU placement: QEMU (its vCPU and I/O threads) on CPU ${serverCpu}, the bench client on CPU 0.`,
       `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
