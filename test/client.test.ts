@@ -159,7 +159,7 @@ describe("failures the host must be told about", () => {
     const fake = fakeAgent(() => undefined);
     const client = await AgentClient.connect(fake.path);
     try {
-      expect(client.waitReady({ timeoutMs: 200, attemptMs: 50 })).rejects.toBeInstanceOf(AgentTimeoutError);
+      await expect(client.waitReady({ timeoutMs: 200, attemptMs: 50 })).rejects.toBeInstanceOf(AgentTimeoutError);
     } finally {
       await Bun.sleep(250);
       client.close();
@@ -259,7 +259,7 @@ describe("failures the host must be told about", () => {
     try {
       const error = await client.ping({}, { timeoutMs: 5000 }).catch((e) => e);
       expect(error).toBeInstanceOf(AgentConnectionError);
-      expect(client.ping()).rejects.toBeInstanceOf(AgentConnectionError);
+      await expect(client.ping()).rejects.toBeInstanceOf(AgentConnectionError);
     } finally {
       client.close();
       listener.stop(true);

@@ -82,7 +82,7 @@ describe("config file", () => {
   test("a missing default file means defaults; a missing named file is an error", async () => {
     const dir = mkdtempSync(join(tmpdir(), "kma-config-"));
     expect(await loadConfig(join(dir, "absent.toml"), { required: false })).toEqual(defaultConfig());
-    expect(loadConfig(join(dir, "absent.toml"), { required: true })).rejects.toThrow(/does not exist/);
+    await expect(loadConfig(join(dir, "absent.toml"), { required: true })).rejects.toThrow(/does not exist/);
     writeFileSync(join(dir, "c.toml"), "[logging]\nlevel = \"debug\"\n");
     expect((await loadConfig(join(dir, "c.toml"), { required: true })).logging.level).toBe("debug");
   });
