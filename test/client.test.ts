@@ -161,7 +161,6 @@ describe("failures the host must be told about", () => {
     try {
       await expect(client.waitReady({ timeoutMs: 200, attemptMs: 50 })).rejects.toBeInstanceOf(AgentTimeoutError);
     } finally {
-      await Bun.sleep(250);
       client.close();
       fake.stop();
     }
