@@ -25,6 +25,7 @@ import { unpackArchive } from "./archive.ts";
 import { AT_FDCWD, lstatAt, openat, renameat2, unlinkat } from "./at.ts";
 import { errnoOf, FdHandle, fsyncFd, ignoreErrors, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY, osError, readChunk, renameNoReplaceAt } from "./fsx.ts";
 import { PathPolicy, refuseHardlinked } from "./paths.ts";
+import { BufferPool } from "../runtime/buffer-pool.ts";
 
 /** Bytes kept free in a frame for the JSON envelope around a base64 payload. */
 export const FRAME_HEADROOM_BYTES = 1024;
@@ -63,12 +64,9 @@ const UPLOAD_FULL_GC_EVERY_BYTES = 16 * 1024 * 1024;
 const READ_GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
- * Chunk-sized buffers kept between calls, for what copy_from_guest reads and
- * what upload_chunk decodes: a fresh multi-MB allocation per call costs page
- * faults on every chunk. A call takes one for itself until its reply is
- * encoded or its chunk written (a call finding none big enough allocates one
- * of the size it needs), so calls never share a buffer. Two are kept, as the
- * client pipelines two chunks; they stay resident.
+ * Chunk-sized buffers kept for what copy_from_guest reads and what
+ * upload_chunk decodes, each taken until its reply is encoded or its chunk
+ * written. Two, as the client pipelines two chunks; they stay resident.
  */
 const CHUNK_BUFFERS_KEPT = 2;
 
@@ -120,7 +118,7 @@ export class FileManager implements FileService {
   private uploadedSinceGc = 0;
   private uploadedSinceFullGc = 0;
   private readSinceGc = 0;
-  private readonly chunkBuffers: Buffer[] = [];
+  private readonly chunkBuffers = new BufferPool(CHUNK_BUFFERS_KEPT);
 
   /** `policyOptions` lets tests force the realpath fallback (see PathPolicy). */
   constructor(
@@ -168,8 +166,8 @@ export class FileManager implements FileService {
       refuseHardlinked(params.path, stat);
       const size = stat.size;
       const want = Math.max(0, Math.min(length, size - params.offset));
-      const buffer = this.takeChunkBuffer(want);
-      const giveBack = () => this.giveBackChunkBuffer(buffer);
+      const buffer = this.chunkBuffers.take(want);
+      const giveBack = () => this.chunkBuffers.giveBack(buffer);
       try {
         // The reply encoder gives the buffer back once the chunk is in its frame.
         const chunk = await readChunk(handle, buffer, params.offset, want, size, giveBack);
@@ -241,7 +239,7 @@ export class FileManager implements FileService {
     }
     // Decoded now, into a kept buffer, before waiting for the upload's earlier chunks: only the bytes wait, and
     // the request's multi-MB string is garbage at once.
-    const buffer = this.takeChunkBuffer(length);
+    const buffer = this.chunkBuffers.take(length);
     const bytes = decodeBase64Into(content_base64, buffer);
     const written = this.withUpload(upload_id, async (upload) => {
       if (upload.committed) throw new RpcError("INVALID_PARAMS", `Upload '${upload.id}' is already committed`, { upload_id: upload.id });
@@ -275,7 +273,7 @@ export class FileManager implements FileService {
       this.collectAfterUpload(length);
       return { upload_id: upload.id, received_bytes: upload.received };
     });
-    return written.finally(() => this.giveBackChunkBuffer(buffer));
+    return written.finally(() => this.chunkBuffers.giveBack(buffer));
   }
 
   uploadCommit(params: Params<"upload_commit">): Promise<Result<"upload_commit">> {
@@ -359,18 +357,6 @@ export class FileManager implements FileService {
   }
 
   // ------------------------------------------------------------ internals
-
-  /** A kept buffer of at least `bytes`, or a new one of exactly that size (kept afterwards in place of a smaller one). */
-  private takeChunkBuffer(bytes: number): Buffer {
-    const fits = this.chunkBuffers.findIndex((buffer) => buffer.length >= bytes);
-    if (fits >= 0) return this.chunkBuffers.splice(fits, 1)[0]!;
-    this.chunkBuffers.shift();
-    return Buffer.allocUnsafe(bytes);
-  }
-
-  private giveBackChunkBuffer(buffer: Buffer): void {
-    if (this.chunkBuffers.length < CHUNK_BUFFERS_KEPT) this.chunkBuffers.push(buffer);
-  }
 
   private collectAfterUpload(bytes: number): void {
     this.uploadedSinceGc += bytes;
