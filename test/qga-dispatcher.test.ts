@@ -1,4 +1,10 @@
 import { expect, test } from "bun:test";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { qmpStringify } from "../src/qga/json.ts";
+import { QgaSession } from "../src/qga/session.ts";
+import type { Connection } from "../src/transport/transport.ts";
 import { QgaFiles } from "../src/qga/files.ts";
 import type { WindowsOsInfoProbes } from "../src/guest/osinfo-windows.ts";
 import type { RegistryValue } from "../src/platform/windows/win32.ts";
@@ -155,4 +161,34 @@ test("Windows guest-network-get-interfaces: qemu-ga's fields from the adapters, 
     },
     { name: "Loopback Pseudo-Interface 1", "ip-addresses": [{ "ip-address": "127.0.0.1", "ip-address-type": "ipv4", prefix: 8 }] },
   ]);
+});
+
+test("guest-file-read replies are the line qmpStringify gives for the base64 string, for any count, also across the encoder's 6 MiB steps", async () => {
+  const dir = mkdtempSync(join("/tmp", "kma-qga-read-"));
+  try {
+    const data = randomBytes(20 * 1024 * 1024 + 2);
+    const path = join(dir, "data.bin");
+    writeFileSync(path, data);
+    const sent: Buffer[] = [];
+    const connection: Connection = { transport: "test", send: (bytes) => void sent.push(Buffer.from(bytes)), pause() {}, resume() {}, close() {} };
+    const session = new QgaSession(connection, qgaDispatcher());
+    const call = async (execute: string, args: object): Promise<string> => {
+      sent.length = 0;
+      session.onData(Buffer.from(JSON.stringify({ execute, arguments: args })));
+      for (let i = 0; i < 200 && sent.length === 0; i++) await Bun.sleep(5);
+      const line = Buffer.concat(sent).toString("latin1");
+      expect(line.endsWith("\n")).toBe(true);
+      return line.slice(0, -1);
+    };
+    const handle = JSON.parse(await call("guest-file-open", { path })).return;
+    let position = 0;
+    for (const count of [0, 1, 2, 3, 4096, 12 * 1024 + 1, 13 * 1024 * 1024, 6 * 1024 * 1024 + 1, 6 * 1024 * 1024]) {
+      const bytes = data.subarray(position, position + count);
+      position += bytes.length;
+      const expected = qmpStringify({ return: { count: bytes.length, "buf-b64": bytes.toString("base64"), eof: bytes.length < count } });
+      expect(await call("guest-file-read", { handle, count })).toBe(expected);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -65,8 +65,9 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     } finally {
       const frames = this.corked;
       this.corked = null;
-      if (frames.length === 1) this.connection.send(frames[0]!);
-      else if (frames.length > 1) this.connection.send(Buffer.concat(frames));
+      // Corked frames are the session's own (kept frames were copied), so they are handed over.
+      if (frames.length === 1) this.connection.send(frames[0]!, true);
+      else if (frames.length > 1) this.connection.send(Buffer.concat(frames), true);
     }
   }
 
@@ -202,7 +203,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
 
   private write(bytes: Uint8Array): void {
     if (this.corked) this.corked.push(responseFrames.isKept(bytes) ? new Uint8Array(bytes) : bytes);
-    else this.connection.send(bytes);
+    else this.connection.send(bytes, !responseFrames.isKept(bytes));
   }
 
   /** The error that replaces a reply; a batch's replacement has id null. */

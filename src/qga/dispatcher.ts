@@ -5,7 +5,9 @@
 import type { z } from "zod";
 import os from "node:os";
 import type { AuditLog } from "../log/audit.ts";
+import type { Base64Bytes } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
+import { hasBase64Bytes } from "../protocol/response-frames.ts";
 import type { ExecService, PowerService, UsersService } from "../services.ts";
 import { QgaExec } from "./exec.ts";
 import { GuestError, UNSUPPORTED } from "../guest/errors.ts";
@@ -47,6 +49,8 @@ import { isQgaCommand, QGA_COMMAND_NAMES, QGA_COMMANDS, qapiTypeName, type QgaAr
 export interface QgaReply {
   line: string;
   delimited: boolean;
+  /** File bytes that stand in `line` as BINARY_MARK, in order (guest-file-read). */
+  binary?: Base64Bytes[];
 }
 
 const TOP_LEVEL_MEMBERS = new Set(["execute", "arguments", "id"]);
@@ -156,7 +160,11 @@ export class QgaDispatcher {
       end();
       this.audit(command, id, transport, started);
       if (!QGA_COMMANDS[command as QgaCommandName].successResponse) return null;
-      return { line: qmpStringify(id === undefined ? { return: result } : { return: result, id }), delimited: command === "guest-sync-delimited" };
+      const reply = id === undefined ? { return: result } : { return: result, id };
+      const delimited = command === "guest-sync-delimited";
+      if (!hasBase64Bytes(result)) return { line: qmpStringify(reply), delimited };
+      const binary: Base64Bytes[] = [];
+      return { line: qmpStringify(reply, binary), delimited, binary };
     };
     const fail = (error: unknown): QgaReply => {
       end();

@@ -1,3 +1,5 @@
+import { Base64Bytes } from "../protocol/base64.ts";
+
 /**
  * JSON as qemu writes it (qobject_to_json): ", " and ": " separators, every
  * character outside printable ASCII escaped as \uXXXX (surrogate pairs above
@@ -5,8 +7,12 @@
  * keyed by tdb_hash, walked bucket by bucket, the newest entry of a bucket
  * first. Members are inserted in the order of the object given (qapi schema
  * order), so replies come out byte for byte as qemu-ga's.
+ *
+ * With `binary`, Base64Bytes members are collected there, in order, and each
+ * stands in the text as BINARY_MARK; the reply's writer encodes them in those
+ * places (without it, they are written as the base64 string they stand for).
  */
-export function qmpStringify(value: unknown): string {
+export function qmpStringify(value: unknown, binary?: Base64Bytes[]): string {
   if (value === null || value === undefined) return "null";
   switch (typeof value) {
     case "string":
@@ -19,16 +25,24 @@ export function qmpStringify(value: unknown): string {
     case "boolean":
       return value ? "true" : "false";
     case "object": {
-      if (Array.isArray(value)) return `[${value.map(qmpStringify).join(", ")}]`;
+      if (value instanceof Base64Bytes) {
+        if (!binary) return quote(value.toString());
+        binary.push(value);
+        return BINARY_MARK;
+      }
+      if (Array.isArray(value)) return `[${value.map((item) => qmpStringify(item, binary)).join(", ")}]`;
       const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined);
       return `{${qdictOrder(entries)
-        .map(([k, v]) => `${quote(k)}: ${qmpStringify(v)}`)
+        .map(([k, v]) => `${quote(k)}: ${qmpStringify(v, binary)}`)
         .join(", ")}}`;
     }
     default:
       return "null";
   }
 }
+
+/** Where a collected Base64Bytes stands in qmpStringify's text: a raw NUL, which quote() never leaves unescaped. */
+export const BINARY_MARK = "\u0000";
 
 /** Printable ASCII but '"' and '\\': what needs no escape (base64 file data, most names). */
 const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;

@@ -2,10 +2,13 @@
  * One QGA connection: JSON values in, one reply line per request out, in
  * request order (qemu-ga answers one request at a time; hosts rely on it).
  */
+import type { Base64Bytes } from "../protocol/base64.ts";
+import { responseFrames } from "../protocol/response-frames.ts";
 import { idleGc } from "../runtime/idle-gc.ts";
 import type { Connection, ConnectionHandler } from "../transport/transport.ts";
 import { errorLine, type QgaDispatcher, type QgaReply } from "./dispatcher.ts";
 import { genericError } from "./errors.ts";
+import { BINARY_MARK } from "./json.ts";
 import { QgaStreamParser, type QgaStreamSink } from "./stream.ts";
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
@@ -98,9 +101,19 @@ export class QgaSession implements ConnectionHandler, QgaStreamSink {
 
   private deliver(reply: QgaReply | null): void {
     if (reply === null || this.closed) return;
-    const bytes = encoder.encode(`${reply.line}\n`);
-    this.connection.send(reply.delimited ? Buffer.concat([DELIMITER, bytes]) : bytes);
+    const bytes = reply.binary ? lineWithBinary(reply.line, reply.binary) : encoder.encode(`${reply.line}\n`);
+    if (reply.delimited) this.connection.send(Buffer.concat([DELIMITER, bytes]), true);
+    else this.connection.send(bytes, !responseFrames.isKept(bytes));
   }
+}
+
+/** The line with each BINARY_MARK replaced by the next file bytes' base64, encoded into the reply buffer as they are. */
+function lineWithBinary(line: string, binary: Base64Bytes[]): Uint8Array {
+  const texts = line.split(BINARY_MARK);
+  const pieces: (string | Base64Bytes)[] = [texts[0]!];
+  binary.forEach((bytes, i) => pieces.push(bytes, texts[i + 1]!));
+  pieces.push("\n");
+  return responseFrames.encodeLine(pieces);
 }
 
 function plain(line: string): QgaReply {

@@ -17,7 +17,7 @@ export abstract class BufferedConnection implements Connection {
   handler: ConnectionHandler | null = null;
   private readonly queue: Uint8Array[] = [];
   private queuedBytes = 0;
-  /** Copies of what is queued: the caller of send() may reuse its buffer. */
+  /** Copies of what is queued (unless handed over): the caller of send() may reuse its buffer. */
   private readonly spill = new SpillRing(SPILL_RING_BYTES);
   private pausedBySession = false;
   private readPaused = false;
@@ -32,14 +32,14 @@ export abstract class BufferedConnection implements Connection {
   protected abstract setReadPaused(paused: boolean): void;
   protected abstract endTransport(): void;
 
-  send(bytes: Uint8Array): void {
+  send(bytes: Uint8Array, handedOver = false): void {
     if (this.closed) return;
     if (this.queue.length === 0) {
       const written = this.writeWhileTaken(bytes);
       if (written === bytes.length || this.closed) return;
       bytes = bytes.subarray(written);
     }
-    bytes = this.spill.copy(bytes);
+    if (!handedOver) bytes = this.spill.copy(bytes);
     this.queue.push(bytes);
     this.queuedBytes += bytes.length;
     if (this.queue.length === 1) this.retryLater();

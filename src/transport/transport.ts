@@ -6,8 +6,13 @@
 export interface Connection {
   /** For logs and audit: "unix-listen", "virtio-serial", ... */
   readonly transport: string;
-  /** Queue bytes for the peer; the transport keeps a copy of what the peer has not taken yet, so the caller may reuse `bytes`. */
-  send(bytes: Uint8Array): void;
+  /**
+   * Queue bytes for the peer; the transport keeps a copy of what the peer has
+   * not taken yet, so the caller may reuse `bytes`. `handedOver`: the caller
+   * never touches `bytes` again, so what waits is queued as it is, not copied
+   * (a 64 MB QGA reply line was copied whole).
+   */
+  send(bytes: Uint8Array, handedOver?: boolean): void;
   /** Stop delivering data until resume(): the session is full. */
   pause(): void;
   resume(): void;
