@@ -56,6 +56,8 @@ interface Case<S> {
   ours(ep: Endpoint): Promise<S>;
   theirs(ep: Endpoint): Promise<S>;
   rows(ours: S, theirs: S | null): Row[];
+  /** Measured `count` times, ours and theirs taking turns (a slow spell of the machine then falls on both), and merged. */
+  rounds?: { count: number; merge(samples: S[]): S };
 }
 
 function latencyCase(scale: Scale, name: string, ourCall: object, theirCall: object): Case<LatencySample> {
@@ -136,21 +138,21 @@ const FILE_REPEATS = 3;
 
 /**
  * Write then read back 64 MiB, each side on its endpoint's protocol (see TRANSFER in bench/workloads.ts): upload_* / copy_from_guest
- * natively, guest-file-open/write/read/close over QGA; FILE_REPEATS times, the median time of each direction.
+ * natively, guest-file-open/write/read/close over QGA; FILE_REPEATS rounds, the two sides taking turns, the median time of each direction.
  * `dir` is where the files go, on the machine the agents run on.
  */
 function fileCase(dir: string, names: { write: string; read: string }): Case<Transfer> {
   const mib = 64;
-  const transfer = async (ep: Endpoint): Promise<Transfer> => {
-    const runs: Transfer[] = [];
-    for (let i = 0; i < FILE_REPEATS; i++) runs.push(await fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024));
-    const median = (values: number[]) => values.sort((a, b) => a - b)[values.length >> 1]!;
-    return { writeSeconds: median(runs.map((run) => run.writeSeconds)), readSeconds: median(runs.map((run) => run.readSeconds)) };
-  };
+  const transfer = (ep: Endpoint): Promise<Transfer> => fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024);
+  const median = (values: number[]) => values.sort((a, b) => a - b)[values.length >> 1]!;
   return {
     name: `file write/read ${mib} MiB`,
     ours: transfer,
     theirs: transfer,
+    rounds: {
+      count: FILE_REPEATS,
+      merge: (runs) => ({ writeSeconds: median(runs.map((run) => run.writeSeconds)), readSeconds: median(runs.map((run) => run.readSeconds)) }),
+    },
     rows: (a, b) => [
       { metric: `file write ${mib} MiB (${names.write})`, ours: mib / a.writeSeconds, theirs: b ? mib / b.writeSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
       { metric: `file read ${mib} MiB (${names.read})`, ours: mib / a.readSeconds, theirs: b ? mib / b.readSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
@@ -205,9 +207,14 @@ async function runCases(section: string, cases: Case<any>[], ours: Endpoint, the
   const rows: Row[] = [];
   for (const c of cases) {
     const t0 = Date.now();
-    const a = await c.ours(ours);
-    const b = theirs ? await c.theirs(theirs) : null;
-    rows.push(...c.rows(a, b));
+    const a: unknown[] = [];
+    const b: unknown[] = [];
+    for (let round = 0; round < (c.rounds?.count ?? 1); round++) {
+      a.push(await c.ours(ours));
+      if (theirs) b.push(await c.theirs(theirs));
+    }
+    const merge = c.rounds?.merge ?? ((samples: unknown[]) => samples[0]);
+    rows.push(...c.rows(merge(a), theirs ? merge(b) : null));
     console.log(`bench: [${section}] ${c.name} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   return rows;
@@ -265,7 +272,7 @@ async function hostSections(binary: string, haveQga: boolean, placement: Placeme
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
-    `Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it. Median of ${FILE_REPEATS} round trips per side.`,
+    `Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it. Median of ${FILE_REPEATS} round trips per side, ours and qemu-ga's taking turns.`,
   ];
   if (haveQga) {
     notes.push(
@@ -344,7 +351,7 @@ async function vmSection(binary: string, serverCpu: number | null): Promise<Sect
       `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
-      `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side: ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Per 2 MiB in this guest (a script run by our binary as bun): SHA-256 42 ms, base64 encoding 17-21 ms, decoding 19 ms. A virtio-serial read returns one 4 KiB driver buffer and Bun's stream delivers one read at a time, so an upload chunk arrives in ~700 pieces. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
+      `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side (taking turns): ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Per 2 MiB in this guest (a script run by our binary as bun): SHA-256 42 ms, base64 encoding 17-21 ms, decoding 19 ms. A virtio-serial read returns one 4 KiB driver buffer and Bun's stream delivers one read at a time, so an upload chunk arrives in ~700 pieces. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
     ];
     return { title: "Inside a VM: kvm-manager-agent vs qemu-ga over virtio-serial", rows, notes };
   } finally {
