@@ -42,9 +42,15 @@ import { execOnce, fileRoundTrip, guestRssMiB, type Transfer } from "./bench/wor
 
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) || 1;
 const n = (count: number) => Math.max(10, Math.round(count * SCALE));
-/** Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer. */
-const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 } };
-const VM = { latency: { warmup: n(200), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 } };
+/**
+ * Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer.
+ * exec warms up over 1000 calls everywhere: the agent's JIT compiles the exec path's functions
+ * within about its first 1000 (measured: 80 compiles in the first 250 calls, 12 in calls
+ * 750-1000, about one per 250 calls after), and a compile on the agent's CPU lands in some
+ * call's time. qemu-ga gets the same warm-up.
+ */
+const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 }, exec: { warmup: n(1000), count: n(3000) } };
+const VM = { latency: { warmup: n(200), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 }, exec: { warmup: n(1000), count: n(1000) } };
 type Scale = typeof HOST;
 
 /**
@@ -109,13 +115,11 @@ function throughputCase(scale: Scale, name: string, ourCall: object, theirCall: 
 const PING = { method: "ping", params: {} };
 const GET_INFO = { method: "get_info", params: {} };
 
-/** Timed exec calls per side: a p99 over 300 was the 3rd slowest call, and qemu-ga's alone moved by half between two cases of one run. */
-const EXEC_COUNT = 1000;
-
 /** exec of `true` start to exit status, one after the other. */
-function execCase(name: string, count: number): Case<LatencySample> {
+function execCase(scale: Scale, name: string): Case<LatencySample> {
+  const { warmup, count } = scale.exec;
   const measure = async (ep: Endpoint) => {
-    for (let i = 0; i < Math.ceil(count / 5); i++) await execOnce(ep); // warm-up
+    for (let i = 0; i < warmup; i++) await execOnce(ep);
     const micros: number[] = [];
     for (let i = 0; i < count; i++) {
       const t0 = performance.now();
@@ -171,7 +175,7 @@ const hostCases = (dir: string): Case<any>[] => [
   latencyCase(HOST, "get_info / guest-info", GET_INFO, { execute: "guest-info" }),
   throughputCase(HOST, "ping / guest-ping", PING, { execute: "guest-ping" }, 20_000),
   throughputCase(HOST, "get_info / guest-info", GET_INFO, { execute: "guest-info" }, 10_000),
-  execCase("exec true / guest-exec + guest-exec-status", n(EXEC_COUNT)),
+  execCase(HOST, "exec true / guest-exec + guest-exec-status"),
   fileCase(dir, NATIVE_VS_QGA_FILES),
   rssCase("server RSS after the run"),
 ];
@@ -180,7 +184,7 @@ const hostCases = (dir: string): Case<any>[] => [
 const hostQgaCases = (dir: string): Case<any>[] => [
   latencyCase(HOST, "guest-ping", GUEST_PING, GUEST_PING),
   throughputCase(HOST, "guest-ping", GUEST_PING, GUEST_PING, 20_000),
-  execCase("guest-exec + guest-exec-status of true", n(EXEC_COUNT)),
+  execCase(HOST, "guest-exec + guest-exec-status of true"),
   fileCase(dir, QGA_FILES),
 ];
 
@@ -188,7 +192,7 @@ const VM_CASES: Case<any>[] = [
   guestRssCase("agent RSS in the guest, idle"),
   latencyCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }),
   throughputCase(VM, "ping / guest-ping", PING, { execute: "guest-ping" }, 5_000, "VM CPU (QEMU process)"),
-  execCase("exec true / guest-exec + guest-exec-status", n(EXEC_COUNT)),
+  execCase(VM, "exec true / guest-exec + guest-exec-status"),
   fileCase("/tmp", NATIVE_VS_QGA_FILES),
   guestRssCase("agent RSS in the guest after the run"),
 ];
@@ -270,6 +274,7 @@ async function hostSections(binary: string, haveQga: boolean, placement: Placeme
   const notes: string[] = [
     `Sequential: ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
+    `exec: ${HOST.exec.count} timed calls after ${HOST.exec.warmup} warm-up calls per side.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
     `Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it. Median of ${FILE_REPEATS} round trips per side, ours and qemu-ga's taking turns.`,
@@ -348,7 +353,7 @@ async function vmSection(binary: string, serverCpu: number | null): Promise<Sect
       serverCpu === null
         ? "CPU placement: not pinned; QEMU and the bench client run where the scheduler puts them."
         : `CPU placement: QEMU (its vCPU and I/O threads) on CPU ${serverCpu}, the bench client on CPU 0.`,
-      `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
+      `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs. exec: ${VM.exec.count} timed calls after ${VM.exec.warmup} warm-up calls per side.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
       `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side (taking turns): ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Per 2 MiB in this guest (a script run by our binary as bun): SHA-256 42 ms, base64 encoding 17-21 ms, decoding 19 ms. A virtio-serial read returns one 4 KiB driver buffer and Bun's stream delivers one read at a time, so an upload chunk arrives in ~700 pieces. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,

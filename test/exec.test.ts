@@ -4,11 +4,12 @@
  * expiry and the concurrency limit.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defaultConfig, type AgentConfig } from "../src/config/schema.ts";
-import { ChildRun, bunProcessOps, type ProcessOps } from "../src/exec/child.ts";
+import { ChildRun, type ProcessOps } from "../src/exec/child.ts";
+import { KernelPipe, linuxProcessOps } from "../src/exec/linux.ts";
 import { ExecManager, type ExecDeps } from "../src/exec/exec-service.ts";
 import { notificationPieceBytes, OutputCapture, resultFitBytes, splitBytes } from "../src/exec/output.ts";
 import {
@@ -464,6 +465,33 @@ describe("exec", () => {
     expect([Buffer.from(fits.stdout_base64, "base64").length, fits.stdout_truncated]).toEqual([1000, false]);
   });
 
+  test("/dev/stdout and /dev/stderr can be opened: the output pipes are kernel pipes, as qemu-ga's", async () => {
+    // A socket (Bun's own "pipe") cannot be opened: sh would fail with "No such device or address".
+    const result = await m.run(execParams("sh", { args: ["-c", "echo out > /dev/stdout && echo err > /dev/stderr && stat -L -c %F /dev/stdout"] }));
+    expect([result.exit_code, text(result.stdout_base64), text(result.stderr_base64)]).toEqual([0, "out\nfifo\n", "err\n"]);
+  });
+
+  test("output written after the child's first moments still arrives, in order", async () => {
+    // The runner reads at once only what is there when the child is done or 10 ms have passed; the rest is streamed.
+    const result = await m.run(execParams("sh", { args: ["-c", "echo early; sleep 0.1; echo late; sleep 0.1; echo err >&2"] }));
+    expect([result.exit_code, text(result.stdout_base64), text(result.stderr_base64)]).toEqual([0, "early\nlate\n", "err\n"]);
+  });
+
+  test("no file descriptor is left open: quick and slow runs, output past the cap, timeouts, spawn failures", async () => {
+    const open = () => readdirSync("/proc/self/fd").length;
+    // Allowed, but execve fails (ENOENT for the interpreter): the spawn throws after the pipes were made.
+    const unstartable = join(dir, "unstartable.sh");
+    writeFileSync(unstartable, "#!/nonexistent/interpreter\n", { mode: 0o755 });
+    const fds = manager(["sh", "true", unstartable], { exec_max_output_bytes: 1024 });
+    await fds.run(execParams("true")); // Bun's own descriptors (pidfd support, ...) are opened once
+    const before = open();
+    for (let i = 0; i < 20; i++) await fds.run(execParams("true"));
+    await fds.run(execParams("sh", { args: ["-c", "sleep 0.05; head -c 300000 /dev/zero"] }));
+    await fds.run(execParams("sh", { args: ["-c", "sleep 100"], timeout_ms: 200 }));
+    expect((await rpcError(() => fds.run(execParams(unstartable)))).code).toBe(NOT_FOUND);
+    await eventually(() => open() === before, 5_000);
+  });
+
   test("the timeout kills the whole process group, grandchildren included", async () => {
     const started = Date.now();
     const result = await m.run(execParams("sh", { args: ["-c", "sleep 100 & echo $!; sh -c 'sleep 100 & echo $!; sleep 100' & sleep 100"], timeout_ms: 500 }));
@@ -687,9 +715,28 @@ describe("records and limits", () => {
 });
 
 describe("child runner", () => {
+  test("readNow takes at most 256 KiB per call, so a writer that keeps the pipe full cannot hold the event loop", async () => {
+    const child = linuxProcessOps.spawn({ file: "/usr/bin/yes", argv0: "yes", args: [], env: {}, cwd: "/", stdin: null });
+    try {
+      await eventually(() => {
+        const { chunks, ended } = (child.stdout as KernelPipe).readNow();
+        const bytes = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+        expect(ended).toBe(false);
+        expect(bytes).toBeLessThanOrEqual(256 * 1024);
+        return bytes === 256 * 1024;
+      }, 5_000);
+    } finally {
+      linuxProcessOps.killGroup(child.pid, "SIGKILL");
+      await child.exited;
+      child.stdout.close();
+      child.stderr.close();
+    }
+  });
+
+
   test("a child whose exit promise rejects still yields a result", async () => {
-    const empty = () => new ReadableStream<Uint8Array>({ start: (c) => c.close() });
-    const run = new ChildRun({ pid: 999_999_999, stdout: empty(), stderr: empty(), exited: Promise.reject(new Error("waitpid failed")) }, { ...bunProcessOps, killGroup: () => false }, {
+    const empty = () => ({ stream: () => new ReadableStream<Uint8Array>({ start: (c) => c.close() }), close: () => {} });
+    const run = new ChildRun({ pid: 999_999_999, stdout: empty(), stderr: empty(), exited: Promise.reject(new Error("waitpid failed")) }, { ...linuxProcessOps, killGroup: () => false }, {
       timeoutMs: 10_000,
       maxOutputBytes: 10,
       resultBytes: 10,

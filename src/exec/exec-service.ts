@@ -18,7 +18,8 @@ import type { Logger } from "../log/logger.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { CallContext, ExecService } from "../services.ts";
-import { bunProcessOps, ChildRun, type ExecResult, type ProcessOps, type StreamName, type Transcoder } from "./child.ts";
+import { ChildRun, type ExecResult, type ProcessOps, type StreamName, type Transcoder } from "./child.ts";
+import { linuxProcessOps } from "./linux.ts";
 import { notificationPieceBytes, resultFitBytes, splitBytes } from "./output.ts";
 import {
   authorizeCommand,
@@ -82,7 +83,7 @@ export class ExecManager implements ExecService {
   ) {
     this.deps = {
       fs: deps.fs ?? nodeFsProbe,
-      processes: deps.processes ?? bunProcessOps,
+      processes: deps.processes ?? linuxProcessOps,
       now: deps.now ?? Date.now,
       newHandle: deps.newHandle ?? (() => crypto.randomUUID()),
       drainGraceMs: deps.drainGraceMs ?? 1_000,

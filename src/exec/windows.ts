@@ -23,7 +23,7 @@
  */
 import { win32 } from "node:path";
 import { kernel32, systemDirectory } from "../platform/windows/win32.ts";
-import { windowsProcessOps, type Transcoder } from "./child.ts";
+import { exitOf, spawnDetached, type ProcessOps, type Transcoder } from "./child.ts";
 import type { ExecDeps } from "./exec-service.ts";
 import { FORBIDDEN_ENV, POSIX_COMMANDS, type CommandPlatform } from "./policy.ts";
 
@@ -127,6 +127,32 @@ export function codePageTranscoder(codePage: number): (() => Transcoder) | null 
 export function consoleOutputCodePage(): number {
   return kernel32().GetConsoleOutputCP() || kernel32().GetACP();
 }
+
+/**
+ * Bun's own pipes, streamed from the start; and the single process on Windows,
+ * which has no process groups: TerminateProcess reaches the command itself,
+ * not what it started (a job object would).
+ */
+export const windowsProcessOps: ProcessOps = {
+  spawn(request) {
+    const proc = spawnDetached(request, "pipe", "pipe");
+    return {
+      pid: proc.pid,
+      stdout: { stream: () => proc.stdout, close: () => {} },
+      stderr: { stream: () => proc.stderr, close: () => {} },
+      exited: exitOf(proc),
+    };
+  },
+  killGroup(pid, signal) {
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, signal as NodeJS.Signals);
+      return true;
+    } catch {
+      return false; // Gone already.
+    }
+  },
+};
 
 /** ExecManager's Windows dependencies, from the running system. */
 export function windowsExecDeps(): Partial<ExecDeps> {

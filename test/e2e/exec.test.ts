@@ -97,6 +97,12 @@ describe("exec enabled", () => {
     expect((await c.exec({ command: "/bin/false" }, {})).exit_code).toBe(1);
   });
 
+  test("/dev/stdout and /dev/stderr can be opened by the command, as under qemu-ga (kernel pipes, not sockets)", async () => {
+    const c = await client();
+    const result = await c.exec({ command: "sh", args: ["-c", "echo out > /dev/stdout && echo err | cat > /dev/stderr"] }, {});
+    expect([result.exit_code, text(result.stdout_base64), text(result.stderr_base64)]).toEqual([0, "out\n", "err\n"]);
+  });
+
   test("stdin, env and cwd reach the command", async () => {
     const c = await client();
     const cat = await c.exec({ command: "cat", stdin_base64: Buffer.from("piped in").toString("base64") }, {});

@@ -55,12 +55,15 @@ async function agentRssKiB(client: AgentClient): Promise<number> {
   return Number(match[1]);
 }
 
-test("exec in the guest: output, exit status, and a timeout that kills the whole process group", async () => {
+test("exec in the guest: output (through pipes a command can reopen), exit status, and a timeout that kills the whole process group", async () => {
   const client = await connected();
   try {
     const echo = await client.exec({ command: "echo", args: ["hello", "from the guest"] });
     expect(Buffer.from(echo.stdout_base64, "base64").toString()).toBe("hello from the guest\n");
     expect(echo.exit_code).toBe(0);
+    // The output pipes can be opened by path (they are pipes, not sockets); no udev here, so no /dev/stdout link.
+    const reopened = await client.exec({ command: "sh", args: ["-c", "echo out > /proc/self/fd/1 && echo err > /proc/self/fd/2"] });
+    expect([reopened.exit_code, Buffer.from(reopened.stdout_base64, "base64").toString(), Buffer.from(reopened.stderr_base64, "base64").toString()]).toEqual([0, "out\n", "err\n"]);
     const slow = await client.exec({ command: "sh", args: ["-c", "sleep 100 & sleep 100"], timeout_ms: 1_000 }, { timeoutMs: 30_000 });
     expect(slow).toMatchObject({ timed_out: true, exit_code: null, signal: "SIGKILL" });
     const left = await client.exec({ command: "sh", args: ["-c", "ps -o comm | grep -c '^sleep$' || true"] });

@@ -1,6 +1,6 @@
 /**
  * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll,
- * termios, the directory-fd *at calls and the openat2 syscall), opened once on
+ * pipes, termios, the directory-fd *at calls and the openat2 syscall), opened once on
  * first use through bun:ffi.
  */
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
@@ -16,6 +16,7 @@ function open() {
     send: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
     recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+    pipe2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
     settimeofday: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
