@@ -43,14 +43,15 @@ import { execOnce, fileRoundTrip, guestRssMiB, type Transfer } from "./bench/wor
 const SCALE = Number(process.env.BENCH_SCALE ?? 1) || 1;
 const n = (count: number) => Math.max(10, Math.round(count * SCALE));
 /**
- * Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer.
- * exec warms up over 1000 calls everywhere: the agent's JIT compiles the exec path's functions
- * within about its first 1000 (measured: 80 compiles in the first 250 calls, 12 in calls
- * 750-1000, about one per 250 calls after), and a compile on the agent's CPU lands in some
- * call's time. qemu-ga gets the same warm-up.
+ * Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer timed
+ * calls there. Sequential calls and exec warm up over 1000 calls everywhere: the agent's JIT
+ * compiles a path's functions within about its first 1000 calls (measured for exec: 80 compiles
+ * in the first 250 calls, 12 in calls 750-1000, about one per 250 calls after; in the VM, ping's
+ * p99 was 7.4 ms over calls 200-1200 and 1.4-2.3 ms after), and a compile shares the agent's CPU
+ * with the calls. qemu-ga gets the same warm-up.
  */
 const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 }, exec: { warmup: n(1000), count: n(3000) } };
-const VM = { latency: { warmup: n(200), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 }, exec: { warmup: n(1000), count: n(1000) } };
+const VM = { latency: { warmup: n(1000), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 }, exec: { warmup: n(1000), count: n(1000) } };
 type Scale = typeof HOST;
 
 /**
