@@ -149,7 +149,7 @@ interface Drain {
 const EXIT_WAIT_MS = 10;
 
 /** Resolves when `promise` settles (either way) or after `ms`, whichever comes first. */
-function settledOrAfter(promise: Promise<unknown>, ms: number): Promise<void> {
+export function settledOrAfter(promise: Promise<unknown>, ms: number): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const elapsed = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
   const settled = promise.then(

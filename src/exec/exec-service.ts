@@ -18,7 +18,7 @@ import type { Logger } from "../log/logger.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { CallContext, ExecService } from "../services.ts";
-import { ChildRun, type ExecResult, type ProcessOps, type StreamName, type Transcoder } from "./child.ts";
+import { ChildRun, settledOrAfter, type ExecResult, type ProcessOps, type StreamName, type Transcoder } from "./child.ts";
 import { linuxProcessOps } from "./linux.ts";
 import { notificationPieceBytes, resultFitBytes, splitBytes } from "./output.ts";
 import {
@@ -131,11 +131,7 @@ export class ExecManager implements ExecService {
 
   async status(params: Params<"exec_status">): Promise<Result<"exec_status">> {
     const record = this.find(params.handle);
-    if (record.run.result === null && params.wait_ms > 0) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([record.run.done, new Promise<void>((resolve) => (timer = setTimeout(resolve, params.wait_ms)))]);
-      clearTimeout(timer);
-    }
+    if (record.run.result === null && params.wait_ms > 0) await settledOrAfter(record.run.done, params.wait_ms);
     return { handle: record.handle, pid: record.run.pid, running: record.run.result === null, result: record.run.result };
   }
 
