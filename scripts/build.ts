@@ -27,8 +27,26 @@ export async function build(target: string): Promise<string> {
   mkdirSync(DIST, { recursive: true });
   const outfile = binaryPath(target);
   // --format=esm: bytecode compilation rejects top-level await otherwise. Workers are entry points of their own.
+  // A standalone executable would otherwise load .env and bunfig.toml from its working directory: a bunfig.toml
+  // `preload` there ran its code in the agent, as root.
   const proc = Bun.spawnSync(
-    [process.execPath, "build", "--compile", "--minify", "--bytecode", "--format=esm", `--target=${spec.bunTarget}`, join(ROOT, "src/main.ts"), join(ROOT, "src/transport/virtio-serial/event-wait-worker.ts"), "--outfile", outfile],
+    [
+      process.execPath,
+      "build",
+      "--compile",
+      "--minify",
+      "--bytecode",
+      "--format=esm",
+      "--no-compile-autoload-dotenv",
+      "--no-compile-autoload-bunfig",
+      "--no-compile-autoload-tsconfig",
+      "--no-compile-autoload-package-json",
+      `--target=${spec.bunTarget}`,
+      join(ROOT, "src/main.ts"),
+      join(ROOT, "src/transport/virtio-serial/event-wait-worker.ts"),
+      "--outfile",
+      outfile,
+    ],
     { cwd: ROOT, stdout: "pipe", stderr: "pipe" },
   );
   if (proc.exitCode !== 0) throw new Error(`bun build for ${target} failed:\n${proc.stdout}${proc.stderr}`);

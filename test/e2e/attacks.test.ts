@@ -15,7 +15,7 @@ import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, 
 import { join } from "node:path";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { FORBIDDEN_ENV } from "../../src/exec/policy.ts";
-import { connectClient, eventually, makeTempDir, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, makeTempDir, runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
 import { startFlipRacer } from "../helpers/flip-racer.ts";
 
 const FORBIDDEN = -32001;
@@ -514,6 +514,24 @@ describe("exec allowlist bypass over QGA: guest-exec takes the same policy", () 
     expect(status.exitcode).toBe(0);
     expect(text(status["out-data"])).toBe(args.map((arg) => `[${arg}]\n`).join(""));
     expect(existsSync(join(scratch, "pwned"))).toBe(false);
+  });
+});
+
+describe("the working directory", () => {
+  test("a bunfig.toml or .env there is never loaded: a preload it names does not run, in the agent nor in the host CLI", async () => {
+    // A standalone Bun executable loads both from its working directory unless built not to; a bunfig.toml
+    // preload then ran its code in the agent, as root, wherever an admin started it.
+    const dir = join(scratch, "hostile-cwd");
+    mkdirSync(dir);
+    const marker = join(dir, "preload-ran");
+    writeFileSync(join(dir, "preload.js"), `require("node:fs").writeFileSync(${JSON.stringify(marker)}, "ran");`);
+    writeFileSync(join(dir, "bunfig.toml"), 'preload = ["./preload.js"]\n');
+    writeFileSync(join(dir, ".env"), "BUN_OPTIONS=--preload ./preload.js\n");
+    for (const args of [["--version"], ["methods"]]) {
+      const run = await runBinary(args, { cwd: dir });
+      expect({ args, exitCode: run.exitCode, stderr: run.stderr }).toEqual({ args, exitCode: 0, stderr: "" });
+      expect(existsSync(marker)).toBe(false);
+    }
   });
 });
 

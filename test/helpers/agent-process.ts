@@ -114,10 +114,11 @@ function removeOldSnapshots(keep: string): void {
 /** Run the binary to completion (for --help, --check-config, host verbs ...). */
 export async function runBinary(
   args: string[],
-  { timeoutMs = 20_000, stdin }: { timeoutMs?: number; stdin?: string } = {},
+  { timeoutMs = 20_000, stdin, cwd }: { timeoutMs?: number; stdin?: string; cwd?: string } = {},
 ): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const binary = await ensureBinary();
   const proc = Bun.spawn([binary, ...args], {
+    cwd,
     stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin),
     stdout: "pipe",
     stderr: "pipe",
