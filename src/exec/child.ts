@@ -143,7 +143,7 @@ interface Drain {
  * then, and their output is taken at once; a stream per pipe would cost Bun
  * a 256 KiB read buffer each, and the garbage collections they bring were
  * most of exec's tail latency (`true` after warm-up, p99: 2.1-2.6 ms with
- * streams, 1.6-1.8 without, qemu-ga 1.7-1.9). Nothing piles up meanwhile: such
+ * streams, 1.6-1.9 without, qemu-ga 1.7-1.9). Nothing piles up meanwhile: such
  * a pipe holds 64 KiB, and a child that fills it waits.
  */
 const EXIT_WAIT_MS = 10;
