@@ -44,14 +44,14 @@ const SCALE = Number(process.env.BENCH_SCALE ?? 1) || 1;
 const n = (count: number) => Math.max(10, Math.round(count * SCALE));
 /**
  * Host loopback calls are cheap; inside the TCG-emulated VM each costs ~10× more, so fewer timed
- * calls there. Sequential calls and exec warm up over 1000 calls everywhere: the agent's JIT
+ * calls there. Sequential calls, exec among them, warm up over 1000 calls everywhere: the agent's JIT
  * compiles a path's functions within about its first 1000 calls (measured for exec: 80 compiles
  * in the first 250 calls, 12 in calls 750-1000, about one per 250 calls after; in the VM, ping's
  * p99 was 7.4 ms over calls 200-1200 and 1.4-2.3 ms after), and a compile shares the agent's CPU
  * with the calls. qemu-ga gets the same warm-up.
  */
-const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 }, exec: { warmup: n(1000), count: n(3000) } };
-const VM = { latency: { warmup: n(1000), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 }, exec: { warmup: n(1000), count: n(1000) } };
+const HOST = { latency: { warmup: n(1000), count: n(3000) }, pipeline: { window: 64, warmup: n(2000), repeats: 5 } };
+const VM = { latency: { warmup: n(1000), count: n(1000) }, pipeline: { window: 64, warmup: n(500), repeats: 3 } };
 type Scale = typeof HOST;
 
 /**
@@ -116,9 +116,9 @@ function throughputCase(scale: Scale, name: string, ourCall: object, theirCall: 
 const PING = { method: "ping", params: {} };
 const GET_INFO = { method: "get_info", params: {} };
 
-/** exec of `true` start to exit status, one after the other. */
+/** exec of `true` start to exit status, one after the other: a sequential case of its own. */
 function execCase(scale: Scale, name: string): Case<LatencySample> {
-  const { warmup, count } = scale.exec;
+  const { warmup, count } = scale.latency;
   const measure = async (ep: Endpoint) => {
     for (let i = 0; i < warmup; i++) await execOnce(ep);
     const micros: number[] = [];
@@ -273,9 +273,8 @@ async function main(): Promise<number> {
 /** Both agents as processes on this machine, on unix sockets: our protocol against qemu-ga's, then qemu-ga's on both. */
 async function hostSections(binary: string, haveQga: boolean, placement: Placement, serverCpu: number | null): Promise<Section[]> {
   const notes: string[] = [
-    `Sequential: ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
+    `Sequential (exec too): ${HOST.latency.count} timed calls after ${HOST.latency.warmup} warm-up calls, one connection per server.`,
     `Pipelined: ${HOST.pipeline.window} requests outstanding, median of ${HOST.pipeline.repeats} runs after ${HOST.pipeline.warmup} warm-up requests.`,
-    `exec: ${HOST.exec.count} timed calls after ${HOST.exec.warmup} warm-up calls per side.`,
     "Server CPU per request: user+system time of the server process (all threads) during the pipelined runs, divided by requests; 10 ms tick resolution.",
     "The agent runs with its audit log on (one JSON line per call to a file).",
     `Files: 64 MiB written then read back with 4 MiB in flight on both sides, checked by SHA-256: ours as our client moves files (upload_chunk / copy_from_guest, 2 MiB chunks, two in flight), qemu-ga with 4 MiB guest-file-write / guest-file-read requests one at a time, as hosts drive it. Median of ${FILE_REPEATS} round trips per side, ours and qemu-ga's taking turns.`,
@@ -354,7 +353,7 @@ async function vmSection(binary: string, serverCpu: number | null): Promise<Sect
       serverCpu === null
         ? "CPU placement: not pinned; QEMU and the bench client run where the scheduler puts them."
         : `CPU placement: QEMU (its vCPU and I/O threads) on CPU ${serverCpu}, the bench client on CPU 0.`,
-      `Sequential: ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs. exec: ${VM.exec.count} timed calls after ${VM.exec.warmup} warm-up calls per side.`,
+      `Sequential (exec too): ${VM.latency.count} timed calls after ${VM.latency.warmup} warm-up calls. Pipelined: ${VM.pipeline.window} outstanding, median of ${VM.pipeline.repeats} runs.`,
       "VM CPU per request is the QEMU process's CPU time (guest and emulation) over the pipelined runs; under TCG every guest instruction is emulated, so absolute numbers are far above what KVM gives, the ratio is what compares.",
       "First answer: from QEMU's start until each agent answered its first request (our resync handshake, qemu-ga's guest-sync); the boot is shared, so the difference is the agents' own start-up.",
       `Files: 64 MiB with 4 MiB in flight on both sides, every transfer checked by SHA-256, median of ${FILE_REPEATS} round trips per side (taking turns): ours as our client moves files (2 MiB chunks, two in flight), qemu-ga with 4 MiB requests one at a time. Ours computes a SHA-256 of every chunk it returns (copy_from_guest answers with one) and of every byte it receives (upload_commit checks it); qemu-ga does neither. Per 2 MiB in this guest (a script run by our binary as bun): SHA-256 42 ms, base64 encoding 17-21 ms, decoding 19 ms. A virtio-serial read returns one 4 KiB driver buffer and Bun's stream delivers one read at a time, so an upload chunk arrives in ~700 pieces. With two 4 MiB guest-file-write requests in flight, qemu-ga stopped answering in this VM, so qemu-ga is not pipelined.`,
