@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { METHODS } from "../../src/schema/methods.ts";
 import { collectText, ensureBinary, eventually, frame, makeTempDir, pingRequest, terminate, writeConfig } from "../helpers/agent-process.ts";
 import { openPty, PtyPeer } from "../helpers/pty.ts";
+import { lineAfterDelimiter } from "../helpers/qga-host.ts";
 
 const cleanups: (() => Promise<unknown> | void)[] = [];
 
@@ -70,10 +71,7 @@ async function request(peer: PtyPeer, message: object): Promise<any> {
 async function qgaHandshake(peer: PtyPeer, id: number): Promise<(request: object) => Promise<unknown>> {
   peer.bytes = Buffer.alloc(0);
   await peer.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }))]));
-  const reply = await eventually(() => {
-    const rest = peer.bytes.subarray(peer.bytes.lastIndexOf(0xff) + 1).toString();
-    return rest.includes("\n") ? rest.slice(0, rest.indexOf("\n")) : undefined;
-  }, 10_000);
+  const reply = await eventually(() => lineAfterDelimiter(peer.bytes), 10_000);
   expect(JSON.parse(reply)).toEqual({ return: id });
   return async (message) => {
     peer.bytes = Buffer.alloc(0);

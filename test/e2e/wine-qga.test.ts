@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { eventually } from "../helpers/agent-process.ts";
 import { openRawPty, PtyPeer } from "../helpers/pty.ts";
 import { prepareWine, runUnderWine, runWineProgram, startUnderWine, stopWine, wineAvailable, type WineAgent } from "../helpers/wine.ts";
+import { lineAfterDelimiter } from "../helpers/qga-host.ts";
 
 afterAll(stopWine);
 
@@ -76,10 +77,7 @@ async function startAgent(): Promise<WineAgent> {
 async function qgaSession(peer: PtyPeer): Promise<(execute: string, args?: object) => Promise<any>> {
   peer.bytes = Buffer.alloc(0);
   await peer.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id: 9 } }))]));
-  const synced = await eventually(() => {
-    const rest = peer.bytes.subarray(peer.bytes.lastIndexOf(0xff) + 1).toString();
-    return rest.includes("\n") ? rest.slice(0, rest.indexOf("\n")) : undefined;
-  }, 60_000);
+  const synced = await eventually(() => lineAfterDelimiter(peer.bytes), 60_000);
   expect(JSON.parse(synced)).toEqual({ return: 9 });
   return async (execute, args) => {
     peer.bytes = Buffer.alloc(0);

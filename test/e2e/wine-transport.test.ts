@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { eventually, frame, pingRequest } from "../helpers/agent-process.ts";
 import { openRawPty, PtyPeer } from "../helpers/pty.ts";
 import { prepareWine, runUnderWine, startUnderWine, stopWine, wineAvailable, type WineAgent } from "../helpers/wine.ts";
+import { lineAfterDelimiter } from "../helpers/qga-host.ts";
 
 afterAll(stopWine);
 
@@ -90,10 +91,7 @@ async function request(peer: PtyPeer, message: object): Promise<any> {
 async function qgaHandshake(peer: PtyPeer, id: number): Promise<(message: object) => Promise<any>> {
   peer.bytes = Buffer.alloc(0);
   await peer.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }))]));
-  const reply = await eventually(() => {
-    const rest = peer.bytes.subarray(peer.bytes.lastIndexOf(0xff) + 1).toString();
-    return rest.includes("\n") ? rest.slice(0, rest.indexOf("\n")) : undefined;
-  }, 30_000);
+  const reply = await eventually(() => lineAfterDelimiter(peer.bytes), 30_000);
   expect(JSON.parse(reply)).toEqual({ return: id });
   return async (message) => {
     peer.bytes = Buffer.alloc(0);

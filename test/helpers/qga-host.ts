@@ -1,6 +1,20 @@
 /** A host speaking QGA to an agent the way libvirt does (test/vm/*: over QEMU chardev sockets of real ports). */
 
 /**
+ * The first line after the last 0xFF in `received`, without its newline, once
+ * it is complete: the reply to guest-sync-delimited. Undefined until a 0xFF
+ * and a newline after it have arrived; the error line the agent gives for the
+ * host's own 0xFF comes first and may arrive alone.
+ */
+export function lineAfterDelimiter(received: Uint8Array): string | undefined {
+  const delimiter = received.lastIndexOf(0xff);
+  if (delimiter < 0) return undefined;
+  const rest = Buffer.from(received.subarray(delimiter + 1)).toString();
+  const end = rest.indexOf("\n");
+  return end < 0 ? undefined : rest.slice(0, end);
+}
+
+/**
  * libvirt's handshake: 0xFF, then guest-sync-delimited with a fresh id; skip
  * everything up to the 0xFF that precedes the reply, and check the id.
  */
@@ -25,10 +39,8 @@ export async function libvirtSync(
     const tryUntil = Date.now() + 1_000;
     while (Date.now() < tryUntil) {
       // As libvirt: one line after the last 0xFF is the delimited reply (retries may have more behind it).
-      const delimiter = received.lastIndexOf(0xff);
-      const rest = delimiter >= 0 ? received.subarray(delimiter + 1).toString() : "";
-      const line = rest.slice(0, rest.indexOf("\n") + 1);
-      if (line !== "" && JSON.parse(line).return === id) {
+      const line = lineAfterDelimiter(received);
+      if (line !== undefined && JSON.parse(line).return === id) {
         // Retries sent while the guest booted are answered too, later: replies come in order, so
         // once a fresh sync is answered nothing older is still on its way.
         const flushId = id + 1_000_000;

@@ -17,6 +17,7 @@ import { guestImage, imageWith, TestVm } from "../../scripts/vm/vm.ts";
 import { AgentClient } from "../../src/client/client.ts";
 import { AGENT_VERSION } from "../../src/version.ts";
 import { ensureBinary, makeTempDir } from "../helpers/agent-process.ts";
+import { lineAfterDelimiter } from "../helpers/qga-host.ts";
 
 const TARBALL_DIR = "/opt/kvm-manager-agent-tarball";
 
@@ -120,10 +121,6 @@ test("the agent answers on both ports from the host, with the packaged defaults"
 
   let received = Buffer.alloc(0);
   const qga = await Bun.connect({ unix: vm.qgaSocket, socket: { data: (_, chunk) => void (received = Buffer.concat([received, chunk])) } });
-  const lineAfterDelimiter = () => {
-    const rest = received.subarray(received.lastIndexOf(0xff) + 1).toString();
-    return rest.includes("\n") ? rest.slice(0, rest.indexOf("\n")) : null;
-  };
   const deadline = Date.now() + 60_000;
   let synced = false;
   while (!synced && Date.now() < deadline) {
@@ -131,8 +128,8 @@ test("the agent answers on both ports from the host, with the packaged defaults"
     qga.write(Buffer.concat([Uint8Array.of(0xff), Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id: 4242 } }))]));
     const until = Date.now() + 1_000;
     while (!synced && Date.now() < until) {
-      const line = lineAfterDelimiter();
-      synced = line !== null && JSON.parse(line).return === 4242;
+      const line = lineAfterDelimiter(received);
+      synced = line !== undefined && JSON.parse(line).return === 4242;
       await Bun.sleep(20);
     }
   }
