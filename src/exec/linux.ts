@@ -35,7 +35,7 @@ export class KernelPipe implements OutputPipe {
     while (total < READ_NOW_LIMIT) {
       let count: number;
       try {
-        count = readSync(this.fd, readBuffer, 0, readBuffer.length, null);
+        count = readSync(this.fd, readBuffer, 0, Math.min(readBuffer.length, READ_NOW_LIMIT - total), null);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === "EAGAIN") return { chunks, ended: false };
         throw error;
