@@ -52,8 +52,14 @@ async function reconnects(count: number): Promise<void> {
   }
 }
 
+/**
+ * The agent collects in its first quiet second after traffic (src/runtime/idle-gc.ts): its one-second check
+ * sees the traffic, then the quiet, so the collection comes up to 2 s after the last request, later on a loaded
+ * machine. Reading at exactly 2 s raced it (CI once read before it ran); 4 s leaves room for the collection
+ * and for the allocator to hand the freed pages back.
+ */
 async function settledRss(): Promise<number> {
-  await Bun.sleep(2_000); // an idle loop lets the agent's GC run
+  await Bun.sleep(4_000);
   return agent.rss();
 }
 
