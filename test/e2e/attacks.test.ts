@@ -15,7 +15,7 @@ import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, 
 import { join } from "node:path";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { FORBIDDEN_ENV } from "../../src/exec/policy.ts";
-import { connectClient, eventually, makeTempDir, runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, makeTempDir, runBinary, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 import { startFlipRacer } from "../helpers/flip-racer.ts";
 
 const FORBIDDEN = -32001;
@@ -73,7 +73,7 @@ afterAll(async () => {
   client?.close();
   expect(await agent?.stop()).toBe(0);
   rmSync(scratch, { recursive: true, force: true });
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 // ---------------------------------------------------------------- helpers
 

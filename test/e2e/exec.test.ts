@@ -10,7 +10,7 @@ import { resultFitBytes } from "../../src/exec/output.ts";
 
 /** max_frame_bytes of the exec agent: small, so that results overflow it. */
 const FRAME_BYTES = 65_536;
-import { connectClient, eventually, processGone, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, processGone, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const FORBIDDEN = -32001;
 const NOT_FOUND = -32002;
@@ -62,7 +62,7 @@ afterAll(async () => {
   }
   const codes = await Promise.all([disabledAgent?.stop(), agent?.stop()]);
   expect(codes).toEqual([0, 0]);
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 describe("exec disabled (the default)", () => {
   test("every exec method answers -32001", async () => {

@@ -9,7 +9,7 @@ import { closeSync, createReadStream, existsSync, mkdirSync, openSync, readdirSy
 import { join } from "node:path";
 import { AgentRpcError } from "../../src/client/client.ts";
 import { pullFile, pushFile, type TransferProgress } from "../../src/client/transfer.ts";
-import { connectClient, makeTempDir, RawConnection, runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, makeTempDir, RawConnection, runBinary, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const MiB = 1024 * 1024;
 let dataDir: string; // allowed_file_paths of both agents, and the host side's files.
@@ -33,7 +33,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([agent?.stop(), smallAgent?.stop()]);
   rmSync(dataDir, { recursive: true, force: true });
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 async function fileSha256(path: string): Promise<string> {
   const hash = createHash("sha256");

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { FROZEN_STATE_FILE } from "../../src/fsfreeze/fsfreeze.ts";
-import { connectClient, ensureBinary, eventually, makeTempDir, startAgentProcess, terminate, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, ensureBinary, eventually, makeTempDir, startAgentProcess, terminate, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const QEMU_GA = "/usr/sbin/qemu-ga";
 const dir = makeTempDir("kma-fsfreeze-");
@@ -76,7 +76,7 @@ describe.skipIf(!existsSync(QEMU_GA))("the frozen state, next to Debian's qemu-g
   afterAll(async () => {
     await ours?.stop();
     if (theirs) await terminate(theirs as never);
-  });
+  }, STOP_HOOK_TIMEOUT_MS);
 
   test("the same replies, byte for byte, from a frozen start through the thaw and the hook's failures", async () => {
     const steps: [object, (() => void)?][] = [

@@ -9,7 +9,7 @@
  * near the level measured after a warm-up of 1,000 pings.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { connectClient, pingRequest, RawConnection, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, pingRequest, RawConnection, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 import { Rng } from "../fuzz/random.ts";
 import { describeStats, fuzzNativeFraming, fuzzNativeFrames } from "../fuzz/run.ts";
 
@@ -31,7 +31,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await agent?.stop();
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 test(`${FRAMES} fuzz frames and ${FRAMING_ROUNDS} lying headers (seed ${SEED}): every reply is right, the agent survives and does not leak`, async () => {
   const pid = agent.pid;

@@ -14,7 +14,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { GUEST_METHODS } from "../../src/schema/guest.ts";
-import { connectClient, eventually, runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, runBinary, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 let agent: AgentProcess;
 let client: AgentClient;
@@ -37,7 +37,7 @@ afterAll(async () => {
   lockedClient?.close();
   await agent?.stop();
   await locked?.stop();
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 /** One QGA request on an agent's QGA port; its reply line as sent. */
 async function qgaLine(request: object, socketPath = qgaSocket): Promise<string> {

@@ -9,7 +9,7 @@ import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { AgentClient } from "../../src/client/client.ts";
 import { signRequest } from "../../src/security/hmac.ts";
-import { connectClient, eventually, makeTempDir, RawConnection, runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, makeTempDir, RawConnection, runBinary, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const dir = makeTempDir("kma-hmac-e2e-");
 const key = Buffer.from("a host's secret of more than sixteen bytes");
@@ -21,7 +21,7 @@ beforeAll(async () => {
   agent = await startAgentProcess({ extraToml: `[security]\nhmac_key_file = ${JSON.stringify(keyFile)}\nhmac_window_seconds = 30\n`, hmacKey: key });
 });
 
-afterAll(() => agent?.stop());
+afterAll(() => agent?.stop(), STOP_HOOK_TIMEOUT_MS);
 
 test("signed calls work; unsigned ones and ones signed with another key are refused with -32008 and audited", async () => {
   const client = await connectClient(agent);

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { METHODS } from "../../src/schema/methods.ts";
-import { runBinary, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { runBinary, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 let agent: AgentProcess;
 
@@ -16,7 +16,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await agent?.stop();
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 test("ping --socket S", async () => {
   const result = await runBinary(["ping", "--socket", agent.socketPath]);

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AGENT_VERSION } from "../../src/version.ts";
-import { startAgentProcess, terminate, type AgentProcess } from "../helpers/agent-process.ts";
+import { startAgentProcess, terminate, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const QEMU_GA = "/usr/sbin/qemu-ga";
 const haveQemuGa = existsSync(QEMU_GA);
@@ -87,7 +87,7 @@ afterAll(async () => {
   if (theirs) await terminate(theirs as never);
   if (theirsNoExec) await terminate(theirsNoExec as never);
   rmSync(dir, { recursive: true, force: true });
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 /** Sends `input` on a fresh connection and collects reply lines until `count` arrived. */
 async function exchange(socket: string, input: Uint8Array | string, count: number): Promise<string[]> {

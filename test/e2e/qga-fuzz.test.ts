@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
-import { makeTempDir, readRss, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { makeTempDir, readRss, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 import { QGA_FUZZ_BLOCKED } from "../fuzz/qga.ts";
 import { Rng } from "../fuzz/random.ts";
 import { describeStats, fuzzQga } from "../fuzz/run.ts";
@@ -25,7 +25,7 @@ beforeAll(async () => {
   });
 });
 
-afterAll(() => agent?.stop());
+afterAll(() => agent?.stop(), STOP_HOOK_TIMEOUT_MS);
 
 test(`${MESSAGES} fuzz QGA messages (seed ${SEED}): no crash, no hang, only QGA replies, every marker answered in order`, async () => {
   const rssBefore = readRss(agent.pid);

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { makeTempDir, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { makeTempDir, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const dir = makeTempDir("kma-qga-route-");
 const socket = join(dir, "qga.sock");
@@ -20,7 +20,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await agent?.stop();
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 async function request(line: string): Promise<string> {
   let received = "";

@@ -5,7 +5,7 @@
  * same kind of traffic, and it must still answer.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { concatBytes, frame, pingRequest, RawConnection, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { concatBytes, frame, pingRequest, RawConnection, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 const REQUESTS = 1_000_000;
 const RECONNECTS = 1_000;
@@ -18,7 +18,7 @@ beforeAll(async () => {
   agent = await startAgentProcess();
 });
 
-afterAll(() => agent?.stop());
+afterAll(() => agent?.stop(), STOP_HOOK_TIMEOUT_MS);
 
 /** The same burst of pings (ids 0..BURST-1, two kinds of request) every time: the test's own work stays small. */
 const burst = concatBytes(Array.from({ length: BURST }, (_, i) => frame(i % 10 === 0 ? { jsonrpc: "2.0", id: i, method: "get_info" } : pingRequest(i, { n: i }))));

@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { AgentRpcError, type AgentClient } from "../../src/client/client.ts";
 import { METHODS } from "../../src/schema/methods.ts";
 import { checkConventions } from "../fixtures/exposition.ts";
-import { connectClient, eventually, startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { connectClient, eventually, startAgentProcess, type AgentProcess, STOP_HOOK_TIMEOUT_MS } from "../helpers/agent-process.ts";
 
 let agent: AgentProcess;
 let client: AgentClient;
@@ -21,7 +21,7 @@ beforeAll(async () => {
 afterAll(async () => {
   client?.close();
   await agent?.stop();
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 test("get_metrics (json) validates against the schema, with usage from a real window", async () => {
   await Bun.sleep(60); // Past the 50 ms minimum window since the agent's first sample.

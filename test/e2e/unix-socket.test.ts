@@ -19,6 +19,7 @@ import {
   startAgentProcess,
   writeConfig,
   type AgentProcess,
+  STOP_HOOK_TIMEOUT_MS,
 } from "../helpers/agent-process.ts";
 
 const MAX_FRAME = 65_536;
@@ -54,7 +55,7 @@ afterAll(async () => {
   const code = await agent?.stop();
   // SIGTERM is a clean shutdown.
   expect(code).toBe(0);
-});
+}, STOP_HOOK_TIMEOUT_MS);
 
 describe("methods", () => {
   test("ping without and with a payload (typed client)", async () => {

@@ -211,7 +211,13 @@ export function readRss(pid: number): number {
   return Number(match[1]) * 1024;
 }
 
-/** SIGTERM, then SIGKILL if the process is still there after `graceMs`. */
+/**
+ * For the afterAll hooks that stop agents: bun gives hooks 5 s, not bunfig's test timeout, and one agent's stop()
+ * may take terminate's 3 s grace, the kill, and 2 s more for its stderr; some hooks stop two or three agents.
+ */
+export const STOP_HOOK_TIMEOUT_MS = 15_000;
+
+/** SIGTERM, then SIGKILL if the process is still there after `graceMs` (said on stderr: it is worth knowing why). */
 export async function terminate(proc: Subprocess, graceMs = 3_000): Promise<number | null> {
   if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
   proc.kill("SIGTERM");
@@ -220,6 +226,7 @@ export async function terminate(proc: Subprocess, graceMs = 3_000): Promise<numb
   const outcome = await Promise.race([proc.exited, killed]);
   clearTimeout(timer);
   if (outcome === "timeout") {
+    console.warn(`pid ${proc.pid} was still running ${graceMs} ms after SIGTERM: SIGKILL`);
     proc.kill("SIGKILL");
     await proc.exited;
   }
@@ -262,7 +269,9 @@ export async function startAgentProcess(
     alive: () => proc.exitCode === null && proc.signalCode === null,
     async stop() {
       const code = await terminate(proc);
-      await stderr.done;
+      // The agent has exited, so its stderr is at its end; yet under load this hook once waited 15 s for the
+      // stream's iteration to end (the agent spawns no children that could hold the pipe): wait a bounded time.
+      await Promise.race([stderr.done, Bun.sleep(2_000)]);
       rmSync(dir, { recursive: true, force: true });
       return code;
     },
