@@ -61,7 +61,7 @@ async function startOnPty(): Promise<PtyAgent> {
     const stderr = collectText(proc.stderr);
     const stop = async () => {
       const code = await terminate(proc);
-      await stderr.done;
+      await stderr.ended();
       stderrText += stderr.text();
       return code;
     };

@@ -34,7 +34,7 @@ async function startStdioAgent(): Promise<StdioAgent> {
   const stderr = collectText(proc.stderr);
   cleanups.push(async () => {
     await terminate(proc);
-    await Promise.all([stdoutDone, stderr.done]);
+    await Promise.all([stdoutDone, stderr.ended()]);
     rmSync(dir, { recursive: true, force: true });
   });
   const write = async (bytes: Uint8Array) => {

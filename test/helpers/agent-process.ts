@@ -176,13 +176,15 @@ export function writeConfig(dir: string, { maxFrameBytes = 65_536, extraToml = "
 // ---------------------------------------------------------------- a running agent
 
 /** Reads a child's pipe to the end in the background, so the child never blocks on a full pipe. */
-export function collectText(stream: ReadableStream<Uint8Array>): { text(): string; done: Promise<void> } {
+export function collectText(stream: ReadableStream<Uint8Array>): { text(): string; ended(): Promise<void> } {
   let text = "";
   const decoder = new TextDecoder();
   const done = (async () => {
     for await (const chunk of stream) text += decoder.decode(chunk, { stream: true });
   })().catch(() => {});
-  return { text: () => text, done };
+  // Awaited once the process has exited, so the stream is at its end; yet under load a hook once waited 15 s for
+  // the iteration to end (the agent spawns no children that could hold the pipe): wait a bounded time.
+  return { text: () => text, ended: () => Promise.race([done, Bun.sleep(2_000)]) };
 }
 
 export interface AgentProcess {
@@ -269,9 +271,7 @@ export async function startAgentProcess(
     alive: () => proc.exitCode === null && proc.signalCode === null,
     async stop() {
       const code = await terminate(proc);
-      // The agent has exited, so its stderr is at its end; yet under load this hook once waited 15 s for the
-      // stream's iteration to end (the agent spawns no children that could hold the pipe): wait a bounded time.
-      await Promise.race([stderr.done, Bun.sleep(2_000)]);
+      await stderr.ended();
       rmSync(dir, { recursive: true, force: true });
       return code;
     },
