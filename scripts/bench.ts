@@ -28,6 +28,8 @@
  * (JSON-RPC method + params) and qemu-ga's (execute + arguments), or any object with
  * ours(endpoint), theirs(endpoint) and rows(oursSample, theirsSample).
  */
+// First: it may restart the bench with its allocator set (see the file).
+import "./bench/client-allocator.ts";
 import { existsSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { join } from "node:path";
@@ -65,6 +67,8 @@ interface Case<S> {
   rows(ours: S, theirs: S | null): Row[];
   /** Measured `count` times, ours and theirs taking turns (a slow spell of the machine then falls on both), and merged. */
   rounds?: { count: number; merge(samples: S[]): S };
+  /** Run once per side, untimed, before the measured calls. */
+  warmup?(ep: Endpoint): Promise<unknown>;
 }
 
 function latencyCase(scale: Scale, name: string, ourCall: object, theirCall: object): Case<LatencySample> {
@@ -140,20 +144,27 @@ function execCase(scale: Scale, name: string): Case<LatencySample> {
 
 /** Round trips per side in the file case: one run of either agent moved by as much as 2x between bench runs on this machine. */
 const FILE_REPEATS = 3;
+/**
+ * An untimed round trip of this size per side first, as the sequential cases warm up: each agent's first transfer
+ * paid for its JIT and for growing its memory to a transfer's working set (ours: 64 MiB writes at 85-90 MiB/s
+ * first, 135-190 after).
+ */
+const FILE_WARMUP_MIB = 16;
 
 /**
  * Write then read back 64 MiB, each side on its endpoint's protocol (see TRANSFER in bench/workloads.ts): upload_* / copy_from_guest
- * natively, guest-file-open/write/read/close over QGA; FILE_REPEATS rounds, the two sides taking turns, the median time of each direction.
+ * natively, guest-file-open/write/read/close over QGA; a FILE_WARMUP_MIB round trip per side, then FILE_REPEATS rounds, the two sides taking turns, the median time of each direction.
  * `dir` is where the files go, on the machine the agents run on.
  */
 function fileCase(dir: string, names: { write: string; read: string }): Case<Transfer> {
   const mib = 64;
-  const transfer = (ep: Endpoint): Promise<Transfer> => fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, mib * 1024 * 1024);
+  const transfer = (ep: Endpoint, size = mib): Promise<Transfer> => fileRoundTrip(ep, `${dir}/bench-${ep.label.replace(/\W+/g, "-")}.bin`, size * 1024 * 1024);
   const median = (values: number[]) => values.sort((a, b) => a - b)[values.length >> 1]!;
   return {
     name: `file write/read ${mib} MiB`,
-    ours: transfer,
-    theirs: transfer,
+    ours: (ep) => transfer(ep),
+    theirs: (ep) => transfer(ep),
+    warmup: (ep) => transfer(ep, FILE_WARMUP_MIB),
     rounds: {
       count: FILE_REPEATS,
       merge: (runs) => ({ writeSeconds: median(runs.map((run) => run.writeSeconds)), readSeconds: median(runs.map((run) => run.readSeconds)) }),
@@ -214,6 +225,10 @@ async function runCases(section: string, cases: Case<any>[], ours: Endpoint, the
     const t0 = Date.now();
     const a: unknown[] = [];
     const b: unknown[] = [];
+    if (c.warmup) {
+      await c.warmup(ours);
+      if (theirs) await c.warmup(theirs);
+    }
     for (let round = 0; round < (c.rounds?.count ?? 1); round++) {
       a.push(await c.ours(ours));
       if (theirs) b.push(await c.theirs(theirs));

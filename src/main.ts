@@ -4,6 +4,8 @@
  * `kvm-manager-agent [--transport ...]` runs the agent; a first word that is a
  * verb (`call`, `methods`, a method name) runs a host command instead.
  */
+// First: on Linux it may start the process again, with its allocator's options set, before anything else runs.
+import "./runtime/agent-allocator.ts";
 import { spawn } from "node:child_process";
 import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { stringify as toToml } from "smol-toml";

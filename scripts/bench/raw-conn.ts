@@ -1,11 +1,20 @@
 /**
  * Minimal benchmark clients: a Bun unix socket, a write queue for partial
  * writes, and a splitter that cuts the byte stream into replies. Both wire
- * formats get the same treatment (one Bun.connect, one JSON.parse per reply) so
- * the client's own cost is the same on both sides of a comparison.
+ * formats get the same treatment (one Bun.connect, the same request layout,
+ * the same reply parser) so the client's own cost is the same on both sides
+ * of a comparison.
+ *
+ * File chunks are multi-MB strings, and this machine pays dearly for every
+ * fresh page (a PVM guest: a third of the client's samples were in the page
+ * fault path). So, for both protocols alike, requests are laid out into kept
+ * buffers with their base64 copied in as it is, and replies are parsed with
+ * the long string cut out of the bytes first (the agent's own parser); the
+ * client used more CPU per 64 MiB round trip than our agent did.
  */
 import type { Socket } from "bun";
 import { SYNC_MARKER } from "../../src/protocol/framing.ts";
+import { parseFramePayload } from "../../src/protocol/parse-frame.ts";
 
 export interface Endpoint {
   /** "kvm-manager-agent", "kvm-manager-agent (QGA)" or "qemu-ga". */
@@ -14,8 +23,10 @@ export interface Endpoint {
   readonly protocol: "native" | "qga";
   readonly pid: number;
   readonly conn: RawConn;
-  /** Wire bytes of one request; `seq` is unique per connection (ours puts it in the id). */
+  /** Wire bytes of one request, to keep; `seq` is unique per connection (ours puts it in the id). */
   encode(call: object, seq: number): Uint8Array;
+  /** Encodes one request into a buffer the connection reuses once it is written, and writes it. */
+  send(call: object, seq: number): void;
   /** Throws unless `reply` is a success; returns the seq it answers. */
   verify(reply: Uint8Array): number;
   /** The seq a reply answers and its result (ours: `result`, qemu-ga: `return`); throws with the error otherwise. */
@@ -56,6 +67,9 @@ const splitLines: Splitter = (buf, length, scanFrom, emit) => {
   return at;
 };
 
+/** Request buffers kept per connection: the requests in flight (two upload chunks) and one being laid out. */
+const MAX_SPARE_BUFFERS = 4;
+
 export class RawConn {
   /** Called once per reply; the view is only valid during the call. */
   onReply: (reply: Uint8Array) => void = () => {
@@ -68,7 +82,10 @@ export class RawConn {
   private buffered = 0;
   /** How far the splitter has already looked for a reply boundary. */
   private scanned = 0;
-  private readonly outQueue: Uint8Array[] = [];
+  /** Bytes the socket has not taken yet, with the kept buffer they are part of (given back once all written). */
+  private readonly outQueue: { bytes: Uint8Array; owner: Buffer | null }[] = [];
+  /** Request buffers not in flight, for requestBuffer(). */
+  private readonly spareBuffers: Buffer[] = [];
   closed = false;
   /** While set, bytes are dropped until a whole SYNC_MARKER has passed (0xFF bytes seen in a row so far). */
   private syncRun: number | null = null;
@@ -99,14 +116,26 @@ export class RawConn {
     return synced;
   }
 
-  write(bytes: Uint8Array): void {
+  /** A kept buffer of at least `bytes` for one request; pass it to write() as the owner of the bytes laid out in it. */
+  requestBuffer(bytes: number): Buffer {
+    const fits = this.spareBuffers.findIndex((buffer) => buffer.length >= bytes);
+    if (fits >= 0) return this.spareBuffers.splice(fits, 1)[0]!;
+    return Buffer.allocUnsafeSlow(bytes);
+  }
+
+  /** Writes `bytes`, queueing what the socket does not take now; `owner` (from requestBuffer) is kept again once all are written. */
+  write(bytes: Uint8Array, owner: Buffer | null = null): void {
     if (this.closed) throw new Error("write on a closed connection");
     if (this.outQueue.length === 0) {
       const n = this.socket.write(bytes);
-      if (n === bytes.length) return;
+      if (n === bytes.length) return this.giveBack(owner);
       bytes = bytes.subarray(Math.max(n, 0));
     }
-    this.outQueue.push(bytes);
+    this.outQueue.push({ bytes, owner });
+  }
+
+  private giveBack(owner: Buffer | null): void {
+    if (owner && this.spareBuffers.length < MAX_SPARE_BUFFERS) this.spareBuffers.push(owner);
   }
 
   close(): void {
@@ -117,13 +146,14 @@ export class RawConn {
   private flush(): void {
     while (this.outQueue.length > 0) {
       const head = this.outQueue[0]!;
-      const n = this.socket.write(head);
+      const n = this.socket.write(head.bytes);
       if (n <= 0) return;
-      if (n < head.length) {
-        this.outQueue[0] = head.subarray(n);
+      if (n < head.bytes.length) {
+        head.bytes = head.bytes.subarray(n);
         return;
       }
       this.outQueue.shift();
+      this.giveBack(head.owner);
     }
   }
 
@@ -173,6 +203,77 @@ export class RawConn {
 const utf8 = new TextDecoder();
 const textEncoder = new TextEncoder();
 
+/**
+ * A long base64 text a request carries (a file chunk, from Buffer#toString("base64")).
+ * It goes into the request's bytes as it is: base64 needs no JSON escaping, so
+ * the request's JSON text never holds a copy of it.
+ */
+export class Base64Text {
+  constructor(readonly text: string) {}
+}
+
+/** Stands in for a Base64Text in the JSON text: a string no request holds (NUL and 128 random bits). */
+const PLACEHOLDER = `\u0000kma-bench-${crypto.getRandomValues(new Uint32Array(4)).join("-")}`;
+const QUOTED_PLACEHOLDER = JSON.stringify(PLACEHOLDER);
+
+/** A request's JSON as text pieces and the Base64Text members between them, with its byte length. */
+interface Layout {
+  pieces: (string | Base64Text)[];
+  bytes: number;
+}
+
+function layout(value: object, trailer = ""): Layout {
+  const texts: Base64Text[] = [];
+  const json = JSON.stringify(value, (_key, member) => (member instanceof Base64Text ? (texts.push(member), PLACEHOLDER) : member));
+  const parts = texts.length === 0 ? [json] : json.split(QUOTED_PLACEHOLDER);
+  if (parts.length !== texts.length + 1) throw new Error("bench request: a string member holds the Base64Text placeholder");
+  const pieces: (string | Base64Text)[] = [];
+  let bytes = 0;
+  parts.forEach((part, i) => {
+    if (i > 0) {
+      pieces.push(texts[i - 1]!);
+      bytes += 2 + texts[i - 1]!.text.length;
+    }
+    pieces.push(part);
+    bytes += Buffer.byteLength(part);
+  });
+  if (trailer) {
+    pieces.push(trailer);
+    bytes += Buffer.byteLength(trailer);
+  }
+  return { pieces, bytes };
+}
+
+/** Writes the layout's bytes into `target` from `at`. */
+function writeLayout({ pieces }: Layout, target: Buffer, at: number): void {
+  for (const piece of pieces) {
+    if (typeof piece === "string") {
+      at += target.write(piece, at, "utf8");
+      continue;
+    }
+    target[at++] = 0x22;
+    at += target.write(piece.text, at, "latin1");
+    target[at++] = 0x22;
+  }
+}
+
+/** Length-prefixed frame of `value`, into `target` (of at least 4 + layout.bytes) or a fresh buffer. */
+function frameOf(value: object, target?: (bytes: number) => Buffer): { frame: Buffer; owner: Buffer } {
+  const request = layout(value);
+  const owner = target ? target(4 + request.bytes) : Buffer.allocUnsafe(4 + request.bytes);
+  owner.writeUInt32BE(request.bytes, 0);
+  writeLayout(request, owner, 4);
+  return { frame: owner.subarray(0, 4 + request.bytes), owner };
+}
+
+/** One JSON line of `value`, into `target` or a fresh buffer. */
+function lineOf(value: object, target?: (bytes: number) => Buffer): { frame: Buffer; owner: Buffer } {
+  const request = layout(value, "\n");
+  const owner = target ? target(request.bytes) : Buffer.allocUnsafe(request.bytes);
+  writeLayout(request, owner, 0);
+  return { frame: owner.subarray(0, request.bytes), owner };
+}
+
 /** Our agent: JSON-RPC 2.0 in length-prefixed frames; the seq is the request id. */
 export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10_000): Promise<Endpoint> {
   const conn = await RawConn.connect(path, "length-prefixed");
@@ -187,24 +288,21 @@ export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10
     pid,
     conn,
     encode(call, seq) {
-      // The JSON goes straight into the frame, behind its length: one buffer and one copy per request, as for
-      // qemu-ga's lines below (a multi-MB upload chunk would otherwise be encoded, then copied into a second buffer).
-      const text = JSON.stringify({ jsonrpc: "2.0", id: seq, ...call });
-      const length = Buffer.byteLength(text);
-      const frame = new Uint8Array(4 + length);
-      new DataView(frame.buffer).setUint32(0, length);
-      textEncoder.encodeInto(text, frame.subarray(4));
-      return frame;
+      return frameOf({ jsonrpc: "2.0", id: seq, ...call }).frame;
+    },
+    send(call, seq) {
+      const { frame, owner } = frameOf({ jsonrpc: "2.0", id: seq, ...call }, (bytes) => conn.requestBuffer(bytes));
+      conn.write(frame, owner);
     },
     verify(reply) {
-      const message = JSON.parse(utf8.decode(reply)) as { jsonrpc?: unknown; id?: unknown; result?: unknown; error?: unknown };
+      const message = parseFramePayload(reply) as { jsonrpc?: unknown; id?: unknown; result?: unknown; error?: unknown };
       if (message.jsonrpc !== "2.0" || typeof message.id !== "number" || !("result" in message) || "error" in message) {
         throw new Error(`kvm-manager-agent: not a JSON-RPC result: ${utf8.decode(reply).slice(0, 300)}`);
       }
       return message.id;
     },
     decode(reply) {
-      const message = JSON.parse(utf8.decode(reply)) as { id: number; result?: unknown; error?: { message: string } };
+      const message = parseFramePayload(reply) as { id: number; result?: unknown; error?: { message: string } };
       if (message.error) throw new Error(`kvm-manager-agent: ${message.error.message}`);
       return { seq: message.id, value: message.result };
     },
@@ -217,21 +315,29 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
   // Requests are sent in the order they are encoded, so replies answer that order.
   const inOrder: number[] = [];
   let head = 0;
+  const expect = (seq: number) => {
+    if (head > 4096 && head * 2 > inOrder.length) {
+      inOrder.splice(0, head);
+      head = 0;
+    }
+    inOrder.push(seq);
+  };
   const endpoint: Endpoint = {
     label,
     protocol: "qga",
     pid,
     conn,
     encode(call, seq) {
-      if (head > 4096 && head * 2 > inOrder.length) {
-        inOrder.splice(0, head);
-        head = 0;
-      }
-      inOrder.push(seq);
-      return textEncoder.encode(`${JSON.stringify(call)}\n`);
+      expect(seq);
+      return lineOf(call).frame;
+    },
+    send(call, seq) {
+      expect(seq);
+      const { frame, owner } = lineOf(call, (bytes) => conn.requestBuffer(bytes));
+      conn.write(frame, owner);
     },
     verify(reply) {
-      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown };
+      const message = parseFramePayload(reply) as { return?: unknown };
       if (typeof message !== "object" || message === null || !("return" in message)) {
         throw new Error(`${label}: reply has no "return": ${utf8.decode(reply).slice(0, 300)}`);
       }
@@ -239,7 +345,7 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
       return inOrder[head++]!;
     },
     decode(reply) {
-      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown; error?: { desc: string } };
+      const message = parseFramePayload(reply) as { return?: unknown; error?: { desc: string } };
       const seq = inOrder[head++]!;
       if (message.error) throw new Error(`${label}: ${message.error.desc}`);
       return { seq, value: message.return };
