@@ -4,9 +4,10 @@
  * buffers and strings every few milliseconds, so each chunk faulted its pages
  * in again: on the bench machine, a PVM guest where a page fault is costly,
  * that was most of a transfer's CPU. With a delay of a second, memory freed
- * during a transfer is used again (64 MiB writes went from 75-105 to 135-190
- * MiB/s there), and what a quiet agent no longer needs still goes back: RSS
- * 5 s after a transfer was 81.5 MiB, as with 10 ms (with no purge at all it
+ * during a transfer is used again (back-to-back 64 MiB round trips there:
+ * writes 135-190 MiB/s after the first, against 75-105; reads 250-270
+ * against 85-95), and what a quiet agent no longer needs still goes back:
+ * RSS 5 s after a transfer was 81.5 MiB, as with 10 ms (never purging, it
  * stayed at the 127 MiB peak).
  *
  * mimalloc reads its options from the environment once, as the process
