@@ -162,8 +162,8 @@ function fileCase(dir: string, names: { write: string; read: string }): Case<Tra
   const median = (values: number[]) => values.sort((a, b) => a - b)[values.length >> 1]!;
   return {
     name: `file write/read ${mib} MiB`,
-    ours: (ep) => transfer(ep),
-    theirs: (ep) => transfer(ep),
+    ours: transfer,
+    theirs: transfer,
     warmup: (ep) => transfer(ep, FILE_WARMUP_MIB),
     rounds: {
       count: FILE_REPEATS,

@@ -67,6 +67,9 @@ const splitLines: Splitter = (buf, length, scanFrom, emit) => {
   return at;
 };
 
+/** How replies and requests are delimited: our length prefixes, or qemu-ga's JSON lines. */
+type Framing = "length-prefixed" | "lines";
+
 /** Request buffers kept per connection: the requests in flight (two upload chunks) and one being laid out. */
 const MAX_SPARE_BUFFERS = 4;
 
@@ -93,7 +96,7 @@ export class RawConn {
 
   private constructor(private readonly split: Splitter) {}
 
-  static async connect(path: string, framing: "length-prefixed" | "lines"): Promise<RawConn> {
+  static async connect(path: string, framing: Framing): Promise<RawConn> {
     const conn = new RawConn(framing === "lines" ? splitLines : splitFrames);
     conn.socket = await Bun.connect<undefined>({
       unix: path,
@@ -201,7 +204,6 @@ export class RawConn {
 }
 
 const utf8 = new TextDecoder();
-const textEncoder = new TextEncoder();
 
 /**
  * A long base64 text a request carries (a file chunk, from Buffer#toString("base64")).
@@ -257,21 +259,16 @@ function writeLayout({ pieces }: Layout, target: Buffer, at: number): void {
   }
 }
 
-/** Length-prefixed frame of `value`, into `target` (of at least 4 + layout.bytes) or a fresh buffer. */
-function frameOf(value: object, target?: (bytes: number) => Buffer): { frame: Buffer; owner: Buffer } {
-  const request = layout(value);
-  const owner = target ? target(4 + request.bytes) : Buffer.allocUnsafe(4 + request.bytes);
-  owner.writeUInt32BE(request.bytes, 0);
-  writeLayout(request, owner, 4);
-  return { frame: owner.subarray(0, 4 + request.bytes), owner };
-}
-
-/** One JSON line of `value`, into `target` or a fresh buffer. */
-function lineOf(value: object, target?: (bytes: number) => Buffer): { frame: Buffer; owner: Buffer } {
-  const request = layout(value, "\n");
-  const owner = target ? target(request.bytes) : Buffer.allocUnsafe(request.bytes);
-  writeLayout(request, owner, 0);
-  return { frame: owner.subarray(0, request.bytes), owner };
+/** The wire bytes of `value` in `framing`, laid out in `target(size)` or in a fresh buffer; `owner` is that whole buffer. */
+function requestBytes(value: object, framing: Framing, target?: (bytes: number) => Buffer): { frame: Buffer; owner: Buffer } {
+  const lines = framing === "lines";
+  const request = layout(value, lines ? "\n" : "");
+  const header = lines ? 0 : 4;
+  const size = header + request.bytes;
+  const owner = target ? target(size) : Buffer.allocUnsafe(size);
+  if (!lines) owner.writeUInt32BE(request.bytes, 0);
+  writeLayout(request, owner, header);
+  return { frame: owner.subarray(0, size), owner };
 }
 
 /** Our agent: JSON-RPC 2.0 in length-prefixed frames; the seq is the request id. */
@@ -288,10 +285,10 @@ export async function nativeEndpoint(path: string, pid: number, handshakeMs = 10
     pid,
     conn,
     encode(call, seq) {
-      return frameOf({ jsonrpc: "2.0", id: seq, ...call }).frame;
+      return requestBytes({ jsonrpc: "2.0", id: seq, ...call }, "length-prefixed").frame;
     },
     send(call, seq) {
-      const { frame, owner } = frameOf({ jsonrpc: "2.0", id: seq, ...call }, (bytes) => conn.requestBuffer(bytes));
+      const { frame, owner } = requestBytes({ jsonrpc: "2.0", id: seq, ...call }, "length-prefixed", (bytes) => conn.requestBuffer(bytes));
       conn.write(frame, owner);
     },
     verify(reply) {
@@ -329,11 +326,11 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
     conn,
     encode(call, seq) {
       expect(seq);
-      return lineOf(call).frame;
+      return requestBytes(call, "lines").frame;
     },
     send(call, seq) {
       expect(seq);
-      const { frame, owner } = lineOf(call, (bytes) => conn.requestBuffer(bytes));
+      const { frame, owner } = requestBytes(call, "lines", (bytes) => conn.requestBuffer(bytes));
       conn.write(frame, owner);
     },
     verify(reply) {
@@ -356,11 +353,11 @@ export async function qgaEndpoint(path: string, pid: number, handshakeMs = 5_000
   const synced = new Promise<void>((resolve, reject) => {
     conn.onError = reject;
     conn.onReply = (reply) => {
-      const message = JSON.parse(utf8.decode(reply)) as { return?: unknown };
+      const message = parseFramePayload(reply) as { return?: unknown };
       if (message.return === syncId) resolve();
     };
   });
-  conn.write(textEncoder.encode(`${JSON.stringify({ execute: "guest-sync", arguments: { id: syncId } })}\n`));
+  conn.write(requestBytes({ execute: "guest-sync", arguments: { id: syncId } }, "lines").frame);
   await withTimeout(synced, handshakeMs, `${label} guest-sync`).catch((error) => {
     conn.close();
     throw error;
