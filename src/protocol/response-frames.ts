@@ -64,7 +64,7 @@ export class ResponseFrames {
 
 /**
  * Bytes encoded in steps of ENCODE_STEP_BYTES with a young-generation
- * collection between them: each step leaves its 12 KiB base64 slices as
+ * collection between them: each step leaves its 48 KiB base64 slices as
  * garbage, and a 48 MiB guest-file-read left 64 MB of them alive before the
  * engine collected (agent peak 249 MiB; 188 with the steps).
  */
