@@ -489,8 +489,9 @@ describe("exec", () => {
     await fds.run(execParams("sh", { args: ["-c", "sleep 0.05; head -c 300000 /dev/zero"] }));
     await fds.run(execParams("sh", { args: ["-c", "sleep 100"], timeout_ms: 200 }));
     expect((await rpcError(() => fds.run(execParams(unstartable)))).code).toBe(NOT_FOUND);
-    await eventually(() => open() === before, 5_000);
-  });
+    // At most as many as before: a descriptor of an earlier test file that closes meanwhile is not ours to count.
+    await eventually(() => open() <= before, 10_000);
+  }, 20_000);
 
   test("the timeout kills the whole process group, grandchildren included", async () => {
     const started = Date.now();
