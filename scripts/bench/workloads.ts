@@ -7,6 +7,7 @@
 import { fullGC } from "bun:jsc";
 import { createHash, randomBytes } from "node:crypto";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_PIPELINE } from "../../src/client/transfer.ts";
+import { decodeBase64Into } from "../../src/protocol/base64.ts";
 import { Base64Text, withTimeout, type Endpoint } from "./raw-conn.ts";
 
 let seq = 1_000_000_000;
@@ -158,12 +159,11 @@ export async function fileRoundTrip(ep: Endpoint, path: string, bytes: number): 
   return { writeSeconds, readSeconds };
 }
 
-/** Feeds each chunk's bytes to `hash`, decoded into one kept buffer (a fresh one per chunk costs page faults here). */
+/**
+ * Feeds each chunk's bytes to `hash`, decoded into one kept buffer (a fresh one per chunk costs page faults here);
+ * a chunk of more than the `chunkBytes` asked for does not fit it and throws.
+ */
 function absorber(hash: ReturnType<typeof createHash>, chunkBytes: number): (base64: string) => void {
-  const scratch = new Uint8Array(chunkBytes) as Uint8Array & { setFromBase64(text: string): { read: number; written: number } };
-  return (base64) => {
-    const { read, written } = scratch.setFromBase64(base64);
-    if (read !== base64.length) throw new Error(`a read chunk holds more than the ${chunkBytes} bytes asked for`);
-    hash.update(scratch.subarray(0, written));
-  };
+  const scratch = new Uint8Array(chunkBytes);
+  return (base64) => hash.update(decodeBase64Into(base64, scratch));
 }
