@@ -1,6 +1,7 @@
 /** Frames parsed around their one long string give exactly what JSON.parse of the whole text gives. */
 import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
+import { DecodedBase64 } from "../src/protocol/base64.ts";
 import { parseFramePayload } from "../src/protocol/parse-frame.ts";
 
 const encoder = new TextEncoder();
@@ -119,5 +120,40 @@ describe("parseFramePayload", () => {
       const payload = encoder.encode(JSON.stringify(node(0)));
       expect(outcome(payload)).toEqual(reference(payload));
     }
+  });
+});
+
+describe("parseFramePayload with decodeBase64Fields (the agent's requests)", () => {
+  const bytes = randomBytes(1024 * 1024);
+  const base64 = bytes.toString("base64");
+  const parse = (value: unknown) => parseFramePayload(encoder.encode(JSON.stringify(value)), { decodeBase64Fields: true });
+
+  test("an upload chunk's content_base64 comes decoded, and the rest as JSON.parse gives it", () => {
+    const request = { jsonrpc: "2.0", id: 7, method: "upload_chunk", params: { upload_id: "u", offset: 0, content_base64: base64 } };
+    const value = parse(request) as { params: { content_base64: unknown } };
+    const decoded = value.params.content_base64 as DecodedBase64;
+    expect(decoded).toBeInstanceOf(DecodedBase64);
+    expect(Buffer.from(decoded.bytes).equals(bytes)).toBe(true);
+    expect(JSON.parse(JSON.stringify(value))).toEqual(request);
+    decoded.release();
+  });
+
+  test("a long *_base64 string that is not base64 stays the string JSON.parse gives, for the schema to refuse", () => {
+    for (const content_base64 of [`${base64}A`, `${base64.slice(0, -4)}QQ*=`, `${base64.slice(0, 5000)}\n${base64.slice(5000)}`, `${base64.slice(0, 5000)}é${base64.slice(5001)}`]) {
+      const text = JSON.stringify({ params: { content_base64 } });
+      const payload = encoder.encode(text);
+      expect(parseFramePayload(payload, { decodeBase64Fields: true })).toEqual(JSON.parse(text));
+    }
+  });
+
+  test("a long base64 string at any other key, in an array or at the top stays a string", () => {
+    for (const value of [{ params: { args: [base64] } }, { params: { content: base64 } }, { params: { base64: base64 } }, base64, [base64]]) {
+      expect(parse(value)).toEqual(value);
+    }
+  });
+
+  test("without the option (the client's replies), a *_base64 string stays a string", () => {
+    const reply = { jsonrpc: "2.0", id: 1, result: { content_base64: base64 } };
+    expect(parseFramePayload(encoder.encode(JSON.stringify(reply)))).toEqual(reply);
   });
 });

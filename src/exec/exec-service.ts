@@ -15,6 +15,7 @@
  */
 import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
+import { base64Buffer } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { CallContext, ExecService } from "../services.ts";
@@ -161,7 +162,7 @@ export class ExecManager implements ExecService {
       args: params.args,
       env,
       cwd,
-      stdin: params.stdin_base64 === undefined ? null : Buffer.from(params.stdin_base64, "base64"),
+      stdin: params.stdin_base64 === undefined ? null : base64Buffer(params.stdin_base64),
       timeoutMs: params.timeout_ms ?? limits.exec_timeout_ms,
       maxOutputBytes: Math.min(params.max_output_bytes ?? limits.exec_max_output_bytes, limits.exec_max_output_bytes),
     };

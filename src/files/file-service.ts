@@ -10,14 +10,14 @@
  * chunk by chunk with an incremental SHA-256, so memory stays bounded by one
  * chunk whatever the file size.
  */
-import { edenGC, fullGC } from "bun:jsc";
+import { edenGC } from "bun:jsc";
 import { createHash, randomBytes, type Hash } from "node:crypto";
 import { closeSync, promises as fsp, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import { posix } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
-import { base64DecodedLength, decodeBase64Into } from "../protocol/base64.ts";
+import { base64Buffer, base64DecodedLength, takeBase64Bytes } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { FileChunk, FileService } from "../services.ts";
@@ -43,24 +43,22 @@ const DEFAULT_FILE_MODE = 0o644;
 const STAGED_ARCHIVE = "archive.tar.gz";
 
 /**
- * An uploaded chunk leaves its base64 string behind (the frame and the decoded
- * bytes go to kept buffers, and the rest of the request is small: see
- * protocol/parse-frame.ts). The string dies young, so an eden collection after
- * every UPLOAD_GC_EVERY_BYTES frees it; a full one (JSC's fullGC, not
- * Bun.gc(true), which also hands the freed memory back to the system only for
- * the next chunk to fault it in again) after every UPLOAD_FULL_GC_EVERY_BYTES
- * catches what the engine's own collections promoted. 1 GiB push on the bench
- * machine from an agent idle at 68-79 MiB: this, ~300 MiB/s and 110-112 MiB
- * peak; eden only, 130-156 MiB; a full collection every 4 MiB, ~190 MiB/s;
- * Bun.gc(true) every 8 MiB, as before, ~200 MiB/s.
- * A read leaves only young garbage (its buffer is kept, its reply encoded in a
- * kept frame from 16 KB base64 strings, see response-frames.ts): an eden
- * collection every READ_GC_EVERY_BYTES is enough there and costs nothing
- * measurable, where a full one halved read throughput. Without it a 1 GiB pull
- * peaked at 135-160 MiB, with it near 100.
+ * An uploaded chunk's base64 reaches the handler already decoded into a kept
+ * buffer (a DecodedBase64: see protocol/parse-frame.ts), and the frame is in
+ * a kept buffer too, so a chunk leaves only small, young garbage: an eden
+ * collection after every UPLOAD_GC_EVERY_BYTES frees it (1 GiB push here:
+ * 94-100 MiB peak, against 108 with none). While each chunk's 2.8 MB string
+ * was made, strings outlived eden collections and only a full one every
+ * 16 MiB kept the peak near 110 MiB; in the TCG guest those full collections
+ * took a tenth of an upload's time, and without the string the peak is the
+ * same without them.
+ * A read leaves only young garbage too (its buffer is kept, its reply encoded
+ * in a kept frame from 48 KiB base64 strings, see response-frames.ts): an
+ * eden collection every READ_GC_EVERY_BYTES is enough there and costs nothing
+ * measurable, where a full one halved read throughput. Without it a 1 GiB
+ * pull peaked at 135-160 MiB, with it near 100.
  */
 const UPLOAD_GC_EVERY_BYTES = 4 * 1024 * 1024;
-const UPLOAD_FULL_GC_EVERY_BYTES = 16 * 1024 * 1024;
 const READ_GC_EVERY_BYTES = 8 * 1024 * 1024;
 
 /**
@@ -116,7 +114,6 @@ export class FileManager implements FileService {
   readonly chunkBytes: number;
   private readonly uploads = new Map<string, Upload>();
   private uploadedSinceGc = 0;
-  private uploadedSinceFullGc = 0;
   private readSinceGc = 0;
   private readonly chunkBuffers = new BufferPool(CHUNK_BUFFERS_KEPT);
 
@@ -133,7 +130,7 @@ export class FileManager implements FileService {
   // ------------------------------------------------------------ copy_to_guest / copy_from_guest
 
   async copyTo(params: Params<"copy_to_guest">): Promise<Result<"copy_to_guest">> {
-    const content = Buffer.from(params.content_base64, "base64");
+    const content = base64Buffer(params.content_base64);
     if (content.length > this.config.limits.upload_max_bytes) throw this.uploadTooLarge();
     const target = await this.prepareWrite(params.path, params);
     try {
@@ -237,10 +234,9 @@ export class FileManager implements FileService {
     if (length > this.chunkBytes) {
       return Promise.reject(new RpcError("TOO_LARGE", `Chunk of ${length} bytes is above chunk_bytes (${this.chunkBytes})`, { limit: this.chunkBytes }));
     }
-    // Decoded now, into a kept buffer, before waiting for the upload's earlier chunks: only the bytes wait, and
-    // the request's multi-MB string is garbage at once.
-    const buffer = this.chunkBuffers.take(length);
-    const bytes = decodeBase64Into(content_base64, buffer);
+    // Decoded now (if the frame's parser did not already), into a kept buffer, before waiting for the upload's
+    // earlier chunks: only the bytes wait, and a request's multi-MB string is garbage at once.
+    const { bytes, release } = takeBase64Bytes(content_base64, this.chunkBuffers);
     const written = this.withUpload(upload_id, async (upload) => {
       if (upload.committed) throw new RpcError("INVALID_PARAMS", `Upload '${upload.id}' is already committed`, { upload_id: upload.id });
       if (offset !== upload.received) {
@@ -273,7 +269,7 @@ export class FileManager implements FileService {
       this.collectAfterUpload(length);
       return { upload_id: upload.id, received_bytes: upload.received };
     });
-    return written.finally(() => this.chunkBuffers.giveBack(buffer));
+    return written.finally(release);
   }
 
   uploadCommit(params: Params<"upload_commit">): Promise<Result<"upload_commit">> {
@@ -329,7 +325,7 @@ export class FileManager implements FileService {
     if (hasBase64 === hasUpload) throw new RpcError("INVALID_PARAMS", "Invalid params: give exactly one of archive_base64 and upload_id");
     const limits = { maxBytes: this.config.limits.upload_max_bytes };
     if (hasBase64) {
-      return unpackArchive(this.policy, params.dir, { buffer: Buffer.from(params.archive_base64!, "base64") }, limits);
+      return unpackArchive(this.policy, params.dir, { buffer: base64Buffer(params.archive_base64!) }, limits);
     }
     return this.withUpload(params.upload_id!, async (upload) => {
       if (upload.target || !upload.committed) {
@@ -360,14 +356,9 @@ export class FileManager implements FileService {
 
   private collectAfterUpload(bytes: number): void {
     this.uploadedSinceGc += bytes;
-    this.uploadedSinceFullGc += bytes;
-    if (this.uploadedSinceFullGc >= UPLOAD_FULL_GC_EVERY_BYTES) {
-      this.uploadedSinceFullGc = this.uploadedSinceGc = 0;
-      fullGC();
-    } else if (this.uploadedSinceGc >= UPLOAD_GC_EVERY_BYTES) {
-      this.uploadedSinceGc = 0;
-      edenGC();
-    }
+    if (this.uploadedSinceGc < UPLOAD_GC_EVERY_BYTES) return;
+    this.uploadedSinceGc = 0;
+    edenGC();
   }
 
   private collectAfterRead(bytes: number): void {

@@ -26,6 +26,7 @@ import { openSync, promises as fsp, realpathSync, type Stats } from "node:fs";
 import { win32 } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
 import type { Logger } from "../log/logger.ts";
+import { base64Buffer } from "../protocol/base64.ts";
 import { RpcError } from "../protocol/errors.ts";
 import type { Params, Result } from "../schema/methods.ts";
 import type { FileChunk, FileService } from "../services.ts";
@@ -170,7 +171,7 @@ export class WindowsFileManager implements FileService {
   }
 
   async copyTo(params: Params<"copy_to_guest">): Promise<Result<"copy_to_guest">> {
-    const content = Buffer.from(params.content_base64, "base64");
+    const content = base64Buffer(params.content_base64);
     const limit = this.config.limits.upload_max_bytes;
     if (content.length > limit) throw new RpcError("TOO_LARGE", `The file is above upload_max_bytes (${limit})`, { limit });
     const { dir, name, target } = await this.policy.resolveForWrite(params.path, params.create_dirs);

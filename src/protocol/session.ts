@@ -101,7 +101,7 @@ export class RpcSession implements ConnectionHandler, FrameSink {
     if (payload.length === 0) return this.send(errorResponse(null, errorCode("PARSE_ERROR"), "Parse error: empty frame"));
     let message: unknown;
     try {
-      message = parseFramePayload(payload);
+      message = parseFramePayload(payload, { decodeBase64Fields: true });
     } catch (error) {
       return this.send(errorResponse(null, errorCode("PARSE_ERROR"), `Parse error: ${(error as Error).message}`));
     }
