@@ -289,6 +289,18 @@ describe("policy refusals", () => {
     }
   });
 
+  test("an env variable named *_base64 with a long base64 value reaches the command whole (the frame parser decodes only params fields)", async () => {
+    const config = makeConfig(["sh"]);
+    const { sendJson, replies } = memorySession({}, { config, services: createServices(config, silentLogger, new MemoryAudit()) });
+    const value = Buffer.alloc(75_000, 7).toString("base64"); // 100,000 characters: a long string in a long frame, under the kernel's 128 KiB per variable
+    sendJson({ jsonrpc: "2.0", id: 1, method: "exec", params: { command: "sh", args: ["-c", 'printf %s "$PAYLOAD_base64"'], env: { PAYLOAD_base64: value } } });
+    await eventually(() => replies.length === 1, 10_000);
+    const reply = replies[0] as { result?: { exit_code: number; stdout_base64: string }; error?: unknown };
+    expect(reply.error).toBeUndefined();
+    expect(reply.result!.exit_code).toBe(0);
+    expect(text(reply.result!.stdout_base64)).toBe(value);
+  });
+
   test("with exec enabled, the dispatcher runs an allowed command and refuses others", async () => {
     const config = makeConfig(["echo"]);
     const audit = new MemoryAudit();

@@ -128,6 +128,13 @@ describe("parseFramePayload with decodeBase64Fields (the agent's requests)", () 
   const base64 = bytes.toString("base64");
   const parse = (value: unknown) => parseFramePayload(encoder.encode(JSON.stringify(value)), { decodeBase64Fields: true });
 
+  test("in a batch, a request's content_base64 comes decoded too", () => {
+    const batch = [{ jsonrpc: "2.0", id: 1, method: "ping" }, { jsonrpc: "2.0", id: 2, method: "copy_to_guest", params: { path: "/tmp/x", content_base64: base64 } }];
+    const value = parse(batch) as [unknown, { params: { content_base64: unknown } }];
+    expect(value[1].params.content_base64).toBeInstanceOf(DecodedBase64);
+    expect(JSON.parse(JSON.stringify(value))).toEqual(batch);
+  });
+
   test("an upload chunk's content_base64 comes decoded, and the rest as JSON.parse gives it", () => {
     const request = { jsonrpc: "2.0", id: 7, method: "upload_chunk", params: { upload_id: "u", offset: 0, content_base64: base64 } };
     const value = parse(request) as { params: { content_base64: unknown } };
@@ -146,8 +153,18 @@ describe("parseFramePayload with decodeBase64Fields (the agent's requests)", () 
     }
   });
 
-  test("a long base64 string at any other key, in an array or at the top stays a string", () => {
-    for (const value of [{ params: { args: [base64] } }, { params: { content: base64 } }, { params: { base64: base64 } }, base64, [base64]]) {
+  test("a long base64 string anywhere else stays a string: other keys, deeper keys the host names (exec's env), arrays, the top", () => {
+    const others = [
+      { params: { args: [base64] } },
+      { params: { content: base64 } },
+      { params: { base64: base64 } },
+      { params: { env: { PAYLOAD_base64: base64 } } },
+      { content_base64: base64 },
+      [{ params: { env: { X_base64: base64 } } }],
+      base64,
+      [base64],
+    ];
+    for (const value of others) {
       expect(parse(value)).toEqual(value);
     }
   });

@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { Response } from "../src/protocol/jsonrpc.ts";
 import { encodeFrame, SYNC_MARKER } from "../src/protocol/framing.ts";
 import { RpcSession, type RequestHandler } from "../src/protocol/session.ts";
@@ -340,5 +341,47 @@ describe("write coalescing", () => {
     session.onData(Buffer.concat([1, 2, 3].map((id) => encodeFrame(JSON.stringify(ping(id))))));
     expect(sends).toHaveLength(1);
     expect(connection.replies.map((r) => (r as Response).id)).toEqual([1, 2, 3]);
+  });
+});
+
+describe("long base64 params, decoded as their frame is parsed", () => {
+  const until = async (done: () => boolean) => {
+    for (let i = 0; i < 500 && !done(); i++) await Bun.sleep(10);
+    expect(done()).toBe(true);
+  };
+  const bytes = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7919) % 251));
+  const sha256 = (data: Uint8Array) => new Bun.CryptoHasher("sha256").update(data).digest("hex");
+
+  test("copy_to_guest and a chunked upload write the very bytes sent", async () => {
+    const { sendJson, replies } = memorySession();
+    const dir = mkdtempSync("/tmp/kma-session-");
+    try {
+      sendJson({ jsonrpc: "2.0", id: 1, method: "copy_to_guest", params: { path: `${dir}/whole`, content_base64: bytes.toString("base64") } });
+      await until(() => replies.length === 1);
+      expect(replies[0]).toMatchObject({ id: 1, result: { bytes: bytes.length, sha256: sha256(bytes) } });
+      expect(readFileSync(`${dir}/whole`).equals(bytes)).toBe(true);
+
+      sendJson({ jsonrpc: "2.0", id: 2, method: "upload_start", params: { path: `${dir}/chunked` } });
+      await until(() => replies.length === 2);
+      const { upload_id } = (replies[1] as { result: { upload_id: string } }).result;
+      const half = 150_000;
+      sendJson({ jsonrpc: "2.0", id: 3, method: "upload_chunk", params: { upload_id, offset: 0, content_base64: bytes.subarray(0, half).toString("base64") } });
+      sendJson({ jsonrpc: "2.0", id: 4, method: "upload_chunk", params: { upload_id, offset: half, content_base64: bytes.subarray(half).toString("base64") } });
+      await until(() => replies.length === 4);
+      sendJson({ jsonrpc: "2.0", id: 5, method: "upload_commit", params: { upload_id, sha256: sha256(bytes) } });
+      await until(() => replies.length === 5);
+      expect(replies.slice(2).map((reply) => "result" in (reply as object))).toEqual([true, true, true]);
+      expect(readFileSync(`${dir}/chunked`).equals(bytes)).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a long content_base64 that is not base64 is refused by the schema, naming the field", async () => {
+    const { sendJson, replies } = memorySession();
+    sendJson({ jsonrpc: "2.0", id: 1, method: "copy_to_guest", params: { path: "/tmp/kma-never-written", content_base64: `${bytes.toString("base64")}*AA=` } });
+    await until(() => replies.length === 1);
+    expect((replies[0] as { error: { code: number; message: string } }).error).toMatchObject({ code: -32602, message: "Invalid params: 'content_base64': Invalid base64-encoded string" });
+    expect(existsSync("/tmp/kma-never-written")).toBe(false);
   });
 });

@@ -10,10 +10,11 @@
  * quotes, the rest must parse with the stand-in as a value, and anything else
  * parses the whole text as before.
  *
- * The agent goes one step further for a long string at a key ending in
- * "_base64" (every base64 field's name, see schema/common.ts): such a string
- * is decoded straight from the frame's bytes into a DecodedBase64, and never
- * made at all. Its 2.8 MB per upload chunk were the engine's main work in the
+ * The agent goes one step further for a long string that is a request's
+ * params field named "*_base64" (every base64 field's name, and no other
+ * field's, see schema/common.ts; deeper down, as in exec's env, a key is the
+ * host's to choose): such a string is decoded straight from the frame's
+ * bytes into a DecodedBase64, and never made at all. Its 2.8 MB per upload chunk were the engine's main work in the
  * TCG guest: making the string, checking it, decoding it natively and, since
  * the strings that outlived an eden collection piled up, a full collection
  * every 16 MiB. Text that is not base64 stays a string, for the schema to
@@ -35,7 +36,7 @@ const PLACEHOLDER = `\u0000kma-long-string-${crypto.getRandomValues(new Uint32Ar
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export interface ParseOptions {
-  /** Give a long base64 string at a key ending in "_base64" as a DecodedBase64 (the agent's requests; a client keeps strings). */
+  /** Give a long base64 string in a request's params field named "*_base64" as a DecodedBase64 (the agent's requests; a client keeps strings). */
   decodeBase64Fields?: boolean;
 }
 
@@ -84,7 +85,8 @@ function parseAroundLongString(payload: Uint8Array, decodeBase64Fields: boolean)
   // Not found as a value (the long string was a key): the whole text's parse, then.
   if (!found) return undefined;
   // Base64's alphabet is plain ASCII: whatever decodes is the JSON string's own value.
-  const decoded = decodeBase64Fields && found.key.endsWith("_base64") ? DecodedBase64.decode(inside) : null;
+  const base64Field = decodeBase64Fields && found.key.endsWith("_base64") && isRequestParams(value, found.container);
+  const decoded = base64Field ? DecodedBase64.decode(inside) : null;
   const replacement = decoded ?? plainText(inside);
   if (replacement === undefined) return undefined;
   found.container[found.key] = replacement;
@@ -101,6 +103,12 @@ function plainText(inside: Uint8Array): string | undefined {
   // "ascii" makes the same string from ASCII bytes as "latin1", in a fifth of the time (2.8 MB: 0.4 against 1.9 ms
   // here, 5.5 against 9.9 ms in the TCG guest).
   return Buffer.from(inside.buffer, inside.byteOffset, inside.byteLength).toString("ascii");
+}
+
+/** Whether `container` is the params object of the request `value`, or of a request in the batch `value`. */
+function isRequestParams(value: unknown, container: object): boolean {
+  const requests = Array.isArray(value) ? value : [value];
+  return requests.some((request) => typeof request === "object" && request !== null && (request as { params?: unknown }).params === container);
 }
 
 /** The longest string token's contents [start, end) (between its quotes), from the positions of unescaped quotes. */

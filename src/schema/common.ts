@@ -7,9 +7,9 @@ export const guestPath = z.string().min(1).max(4096).describe("Absolute path in 
 /**
  * z.base64()'s rules and messages, checked without a copy of the decoded
  * bytes (isBase64); the JSON Schema says the same. A field also takes the
- * DecodedBase64 that the agent's frame parser makes of a long string at a key
- * ending in "_base64" (parse-frame.ts): every base64 field is named so
- * (test/schema.test.ts), and nothing else is. On the wire, and so for the
+ * DecodedBase64 that the agent's frame parser makes of a long string in a
+ * request's params field named "*_base64" (parse-frame.ts): every base64
+ * field is named so, and no other params field is (test/schema.test.ts). On the wire, and so for the
  * client (z.input), the field is a string.
  */
 const base64Field = z.custom<Base64Value>((value) => value instanceof DecodedBase64 || (typeof value === "string" && isBase64(value)), {
