@@ -66,7 +66,7 @@ interface Case<S> {
   theirs(ep: Endpoint): Promise<S>;
   rows(ours: S, theirs: S | null): Row[];
   /** Measured `count` times, ours and theirs taking turns (a slow spell of the machine then falls on both), and merged. */
-  rounds?: { count: number; merge(samples: S[]): S };
+  rounds?: { count: number; merge(samples: S[]): S; /** One round's figures, for the log: how far the rounds spread. */ show(sample: S): string };
   /** Run once per side, untimed, before the measured calls. */
   warmup?(ep: Endpoint): Promise<unknown>;
 }
@@ -168,6 +168,7 @@ function fileCase(dir: string, names: { write: string; read: string }): Case<Tra
     rounds: {
       count: FILE_REPEATS,
       merge: (runs) => ({ writeSeconds: median(runs.map((run) => run.writeSeconds)), readSeconds: median(runs.map((run) => run.readSeconds)) }),
+      show: (run) => `write ${(mib / run.writeSeconds).toFixed(1)} read ${(mib / run.readSeconds).toFixed(1)} MiB/s`,
     },
     rows: (a, b) => [
       { metric: `file write ${mib} MiB (${names.write})`, ours: mib / a.writeSeconds, theirs: b ? mib / b.writeSeconds : null, unit: "MiB/s", better: "higher", decimals: 1 },
@@ -232,6 +233,10 @@ async function runCases(section: string, cases: Case<any>[], ours: Endpoint, the
     for (let round = 0; round < (c.rounds?.count ?? 1); round++) {
       a.push(await c.ours(ours));
       if (theirs) b.push(await c.theirs(theirs));
+    }
+    if (c.rounds) {
+      const show = (samples: unknown[]) => samples.map((sample) => c.rounds!.show(sample)).join("; ");
+      console.log(`bench: [${section}] ${c.name} rounds: ours ${show(a)}${theirs ? ` | ${theirs.label} ${show(b)}` : ""}`);
     }
     const merge = c.rounds?.merge ?? ((samples: unknown[]) => samples[0]);
     rows.push(...c.rows(merge(a), theirs ? merge(b) : null));
