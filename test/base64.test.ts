@@ -1,7 +1,7 @@
 /** Base64 decoded straight from a frame's bytes accepts exactly what the schema's check accepts, and decodes the same. */
 import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { base64Buffer, base64DecodedLength, DecodedBase64, decodeBase64Bytes, isBase64, takeBase64Bytes } from "../src/protocol/base64.ts";
+import { base64Buffer, base64DecodedLength, Base64Bytes, decodeBase64Bytes, isBase64, takeBase64Bytes } from "../src/protocol/base64.ts";
 import { BufferPool } from "../src/runtime/buffer-pool.ts";
 
 const ascii = (text: string) => Buffer.from(text, "latin1");
@@ -65,22 +65,22 @@ describe("decodeBase64Bytes", () => {
   });
 });
 
-describe("DecodedBase64", () => {
+describe("Base64Bytes.decode", () => {
   test("holds the bytes, writes itself as its base64 text, and refuses a text that is not base64", () => {
     const bytes = randomBytes(100_000);
-    const value = DecodedBase64.decode(ascii(bytes.toString("base64")))!;
+    const value = Base64Bytes.decode(ascii(bytes.toString("base64")))!;
     expect(Buffer.from(value.bytes).equals(bytes)).toBe(true);
     expect(base64DecodedLength(value)).toBe(bytes.length);
     expect(JSON.stringify({ v: value })).toBe(JSON.stringify({ v: bytes.toString("base64") }));
-    expect(DecodedBase64.decode(ascii("QUJD*A=="))).toBeNull();
-    expect(DecodedBase64.decode(ascii("QUJDR"))).toBeNull();
+    expect(Base64Bytes.decode(ascii("QUJD*A=="))).toBeNull();
+    expect(Base64Bytes.decode(ascii("QUJDR"))).toBeNull();
   });
 
   test("after release its bytes are not read again: the buffer goes to the next frame", () => {
-    const first = DecodedBase64.decode(ascii(randomBytes(3000).toString("base64")))!;
+    const first = Base64Bytes.decode(ascii(randomBytes(3000).toString("base64")))!;
     first.release();
     expect(() => first.toJSON()).toThrow("after release");
-    const next = DecodedBase64.decode(ascii(Buffer.alloc(3000, 7).toString("base64")))!;
+    const next = Base64Bytes.decode(ascii(Buffer.alloc(3000, 7).toString("base64")))!;
     expect(next.bytes.buffer).toBe(first.bytes.buffer);
     expect(next.bytes.every((byte) => byte === 7)).toBe(true);
     next.release();
@@ -88,17 +88,17 @@ describe("DecodedBase64", () => {
 
   test("base64Buffer copies the bytes out and releases them; a string is decoded", () => {
     const bytes = randomBytes(5000);
-    const value = DecodedBase64.decode(ascii(bytes.toString("base64")))!;
+    const value = Base64Bytes.decode(ascii(bytes.toString("base64")))!;
     const copy = base64Buffer(value);
     expect(copy.equals(bytes)).toBe(true);
     expect(() => value.toJSON()).toThrow("after release");
     expect(base64Buffer(bytes.toString("base64")).equals(bytes)).toBe(true);
   });
 
-  test("takeBase64Bytes hands over a DecodedBase64's own bytes, and decodes a string into the pool's buffer", () => {
+  test("takeBase64Bytes hands over the own bytes of a Base64Bytes, and decodes a string into the pool's buffer", () => {
     const pool = new BufferPool(1);
     const bytes = randomBytes(5000);
-    const value = DecodedBase64.decode(ascii(bytes.toString("base64")))!;
+    const value = Base64Bytes.decode(ascii(bytes.toString("base64")))!;
     const taken = takeBase64Bytes(value, pool);
     expect(taken.bytes).toBe(value.bytes);
     taken.release();

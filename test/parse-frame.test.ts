@@ -1,7 +1,7 @@
 /** Frames parsed around their one long string give exactly what JSON.parse of the whole text gives. */
 import { describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
-import { DecodedBase64 } from "../src/protocol/base64.ts";
+import { Base64Bytes } from "../src/protocol/base64.ts";
 import { parseFramePayload } from "../src/protocol/parse-frame.ts";
 
 const encoder = new TextEncoder();
@@ -131,15 +131,15 @@ describe("parseFramePayload with decodeBase64Fields (the agent's requests)", () 
   test("in a batch, a request's content_base64 comes decoded too", () => {
     const batch = [{ jsonrpc: "2.0", id: 1, method: "ping" }, { jsonrpc: "2.0", id: 2, method: "copy_to_guest", params: { path: "/tmp/x", content_base64: base64 } }];
     const value = parse(batch) as [unknown, { params: { content_base64: unknown } }];
-    expect(value[1].params.content_base64).toBeInstanceOf(DecodedBase64);
+    expect(value[1].params.content_base64).toBeInstanceOf(Base64Bytes);
     expect(JSON.parse(JSON.stringify(value))).toEqual(batch);
   });
 
   test("an upload chunk's content_base64 comes decoded, and the rest as JSON.parse gives it", () => {
     const request = { jsonrpc: "2.0", id: 7, method: "upload_chunk", params: { upload_id: "u", offset: 0, content_base64: base64 } };
     const value = parse(request) as { params: { content_base64: unknown } };
-    const decoded = value.params.content_base64 as DecodedBase64;
-    expect(decoded).toBeInstanceOf(DecodedBase64);
+    const decoded = value.params.content_base64 as Base64Bytes;
+    expect(decoded).toBeInstanceOf(Base64Bytes);
     expect(Buffer.from(decoded.bytes).equals(bytes)).toBe(true);
     expect(JSON.parse(JSON.stringify(value))).toEqual(request);
     decoded.release();

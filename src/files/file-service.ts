@@ -44,7 +44,7 @@ const STAGED_ARCHIVE = "archive.tar.gz";
 
 /**
  * An uploaded chunk's base64 reaches the handler already decoded into a kept
- * buffer (a DecodedBase64: see protocol/parse-frame.ts), and the frame is in
+ * buffer (a Base64Bytes: see protocol/parse-frame.ts), and the frame is in
  * a kept buffer too, so a chunk leaves only small, young garbage: an eden
  * collection after every UPLOAD_GC_EVERY_BYTES frees it (1 GiB push here:
  * 94-100 MiB peak, against 108 with none). While each chunk's 2.8 MB string

@@ -1,8 +1,8 @@
 /**
  * Base64 (RFC 4648, with padding) for file chunks, without multi-MB copies:
  * encoded into a reply's frame, checked and decoded into kept buffers, and
- * Base64Bytes, the result member that carries bytes until the frame is built,
- * and DecodedBase64, the request member that carries them from the frame on.
+ * Base64Bytes, the member that carries bytes instead of their base64 text:
+ * in a result until its frame is built, in a request from its frame on.
  */
 import { BufferPool } from "../runtime/buffer-pool.ts";
 
@@ -44,11 +44,12 @@ const CHECK_SLICE_CHARS = 16 * 1024;
 const checkScratch = new Uint8Array((CHECK_SLICE_CHARS / 4) * 3) as Base64Target;
 
 /**
- * Texts of up to this many bytes (an upload chunk: our client sends 2 MiB)
- * are checked by decoding them whole into a kept buffer, which the decode
- * that follows the check (decodeBase64Into) then copies: one decode per
- * chunk instead of two, which in the TCG guest is 19 ms per 2 MiB saved.
- * Larger texts are checked in slices, keeping nothing.
+ * Texts of up to this many bytes are checked by decoding them whole into a
+ * kept buffer, which the decode that follows the check (decodeBase64Into)
+ * then copies: one decode instead of two, which in the TCG guest is 19 ms
+ * per 2 MiB saved. Our client's upload chunks arrive as Base64Bytes and
+ * never get here; a host whose JSON writes "/" as "\/" sends chunks that stay
+ * strings, and does. Larger texts are checked in slices, keeping nothing.
  */
 const CHECKED_KEPT_MAX_BYTES = 4 * 1024 * 1024;
 let checkedBuffer = new Uint8Array(0) as Base64Target;
@@ -105,7 +106,7 @@ function checkWhole(text: string, expected: number): boolean {
 
 /** Bytes that base64 isBase64 accepted decodes to. */
 export function base64DecodedLength(value: Base64Value): number {
-  if (value instanceof DecodedBase64) return value.bytes.length;
+  if (value instanceof Base64Bytes) return value.bytes.length;
   return (value.length / 4) * 3 - (value.endsWith("==") ? 2 : value.endsWith("=") ? 1 : 0);
 }
 
@@ -123,11 +124,15 @@ export function decodeBase64Into(text: string, target: Uint8Array): Uint8Array {
 }
 
 /**
- * Bytes a result carries as a base64 string (copy_from_guest's
- * content_base64). JSON.stringify writes them as that string (toJSON); the
- * reply encoder (response-frames.ts) writes them into its frame with
- * encodeBase64Into instead, then calls release() so the owner may reuse the
- * memory. After release() the bytes must not be read again.
+ * Bytes a message carries as a base64 string. In a result (copy_from_guest's
+ * content_base64), the reply encoder (response-frames.ts) writes them into
+ * its frame with encodeBase64Into, then calls release() so the owner may
+ * reuse the memory. In a request, they are a long base64 string checked and
+ * decoded as its frame was parsed (decode(), from parse-frame.ts), so that
+ * the string itself was never made: the schema's base64 fields take them in
+ * place of a string, and their holder calls release() once done (one nobody
+ * released is simply collected). JSON.stringify writes them as the string
+ * (toJSON). After release() the bytes must not be read again.
  */
 export class Base64Bytes {
   private released = false;
@@ -136,6 +141,18 @@ export class Base64Bytes {
     readonly bytes: Uint8Array,
     private readonly onRelease: () => void = () => {},
   ) {}
+
+  /** The bytes of `text` (base64 as ASCII bytes), decoded into a kept buffer; null when it is not base64 as isBase64 defines it. */
+  static decode(text: Uint8Array): Base64Bytes | null {
+    if (text.length % 4 !== 0) return null;
+    const buffer = decodedBuffers.take((text.length / 4) * 3);
+    const written = decodeBase64Bytes(text, buffer);
+    if (written < 0) {
+      decodedBuffers.giveBack(buffer);
+      return null;
+    }
+    return new Base64Bytes(buffer.subarray(0, written), () => decodedBuffers.giveBack(buffer));
+  }
 
   toJSON(): string {
     return this.toString();
@@ -219,56 +236,15 @@ export function decodeBase64Bytes(text: Uint8Array, target: Uint8Array): number 
   return decodedLength;
 }
 
-/** Buffers for the bytes of DecodedBase64: two, as the client pipelines two upload chunks; up to 4 MiB kept. */
+/** Buffers for the bytes Base64Bytes.decode decodes: two, as the client pipelines two upload chunks; up to 4 MiB kept. */
 const decodedBuffers = new BufferPool(2, 4 * 1024 * 1024);
 
-/**
- * A long base64 string of a request, checked and decoded as its frame was
- * parsed (parse-frame.ts), so that the string itself was never made. The
- * schema's base64 fields take it in place of a string; its holder calls
- * release() once done with the bytes, and a DecodedBase64 that nobody
- * released is simply collected.
- */
-export class DecodedBase64 {
-  private released = false;
-
-  private constructor(
-    private readonly buffer: Buffer,
-    readonly bytes: Uint8Array,
-  ) {}
-
-  /** The decoded form of `text` (base64 as ASCII bytes), or null when it is not base64 as isBase64 defines it. */
-  static decode(text: Uint8Array): DecodedBase64 | null {
-    if (text.length % 4 !== 0) return null;
-    const buffer = decodedBuffers.take((text.length / 4) * 3);
-    const written = decodeBase64Bytes(text, buffer);
-    if (written < 0) {
-      decodedBuffers.giveBack(buffer);
-      return null;
-    }
-    return new DecodedBase64(buffer, buffer.subarray(0, written));
-  }
-
-  /** What JSON.stringify writes for it: the base64 text it came from. */
-  toJSON(): string {
-    if (this.released) throw new Error("DecodedBase64 read after release");
-    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength).toString("base64");
-  }
-
-  /** The bytes go back for the next frame to decode into: they must not be read after this. */
-  release(): void {
-    if (this.released) return;
-    this.released = true;
-    decodedBuffers.giveBack(this.buffer);
-  }
-}
-
 /** A base64 field's value as the schema passes it on: the text, or its bytes already decoded. */
-export type Base64Value = string | DecodedBase64;
+export type Base64Value = string | Base64Bytes;
 
-/** A base64 field's bytes until release(): a DecodedBase64's own, or the text decoded into a buffer taken from `pool`. */
+/** A base64 field's bytes until release(): a Base64Bytes' own, or the text decoded into a buffer taken from `pool`. */
 export function takeBase64Bytes(value: Base64Value, pool: BufferPool): { bytes: Uint8Array; release: () => void } {
-  if (value instanceof DecodedBase64) return { bytes: value.bytes, release: () => value.release() };
+  if (value instanceof Base64Bytes) return { bytes: value.bytes, release: () => value.release() };
   const buffer = pool.take(base64DecodedLength(value));
   return { bytes: decodeBase64Into(value, buffer), release: () => pool.giveBack(buffer) };
 }

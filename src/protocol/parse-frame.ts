@@ -14,13 +14,13 @@
  * params field named "*_base64" (every base64 field's name, and no other
  * field's, see schema/common.ts; deeper down, as in exec's env, a key is the
  * host's to choose): such a string is decoded straight from the frame's
- * bytes into a DecodedBase64, and never made at all. Its 2.8 MB per upload chunk were the engine's main work in the
- * TCG guest: making the string, checking it, decoding it natively and, since
- * the strings that outlived an eden collection piled up, a full collection
- * every 16 MiB. Text that is not base64 stays a string, for the schema to
- * refuse with its own error.
+ * bytes into a Base64Bytes, and never made at all. Its 2.8 MB per upload
+ * chunk were the engine's main work in the TCG guest: making the string,
+ * checking it, decoding it natively and, since the strings that outlived an
+ * eden collection piled up, a full collection every 16 MiB. Text that is not
+ * base64 stays a string, for the schema to refuse with its own error.
  */
-import { DecodedBase64 } from "./base64.ts";
+import { Base64Bytes } from "./base64.ts";
 
 /** Frames from this size up are looked at for one long string. */
 const LONG_FRAME_BYTES = 64 * 1024;
@@ -36,7 +36,7 @@ const PLACEHOLDER = `\u0000kma-long-string-${crypto.getRandomValues(new Uint32Ar
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export interface ParseOptions {
-  /** Give a long base64 string in a request's params field named "*_base64" as a DecodedBase64 (the agent's requests; a client keeps strings). */
+  /** Give a long base64 string in a request's params field named "*_base64" as a Base64Bytes (the agent's requests; a client keeps strings). */
   decodeBase64Fields?: boolean;
 }
 
@@ -86,7 +86,7 @@ function parseAroundLongString(payload: Uint8Array, decodeBase64Fields: boolean)
   if (!found) return undefined;
   // Base64's alphabet is plain ASCII: whatever decodes is the JSON string's own value.
   const base64Field = decodeBase64Fields && found.key.endsWith("_base64") && isRequestParams(value, found.container);
-  const decoded = base64Field ? DecodedBase64.decode(inside) : null;
+  const decoded = base64Field ? Base64Bytes.decode(inside) : null;
   const replacement = decoded ?? plainText(inside);
   if (replacement === undefined) return undefined;
   found.container[found.key] = replacement;

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { type Base64Value, DecodedBase64, isBase64 } from "../protocol/base64.ts";
+import { type Base64Value, Base64Bytes, isBase64 } from "../protocol/base64.ts";
 
 /** Absolute guest path; the file service confines it to allowed_file_paths. */
 export const guestPath = z.string().min(1).max(4096).describe("Absolute path in the guest");
@@ -7,12 +7,12 @@ export const guestPath = z.string().min(1).max(4096).describe("Absolute path in 
 /**
  * z.base64()'s rules and messages, checked without a copy of the decoded
  * bytes (isBase64); the JSON Schema says the same. A field also takes the
- * DecodedBase64 that the agent's frame parser makes of a long string in a
+ * Base64Bytes that the agent's frame parser makes of a long string in a
  * request's params field named "*_base64" (parse-frame.ts): every base64
- * field is named so, and no other params field is (test/schema.test.ts). On the wire, and so for the
- * client (z.input), the field is a string.
+ * field is named so, and no other params field is (test/schema.test.ts).
+ * On the wire, and so for the client (z.input), the field is a string.
  */
-const base64Field = z.custom<Base64Value>((value) => value instanceof DecodedBase64 || (typeof value === "string" && isBase64(value)), {
+const base64Field = z.custom<Base64Value>((value) => value instanceof Base64Bytes || (typeof value === "string" && isBase64(value)), {
   error: ({ input }) =>
     typeof input === "string" ? "Invalid base64-encoded string" : `expected string, received ${input === null ? "null" : Array.isArray(input) ? "array" : typeof input}`,
 });
