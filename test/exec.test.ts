@@ -746,6 +746,19 @@ describe("child runner", () => {
     }
   });
 
+  test("killGroup signals a live group (true), says false once it is gone, and never signals pgid 0 or 1", async () => {
+    const child = linuxProcessOps.spawn({ file: "/usr/bin/sleep", argv0: "sleep", args: ["30"], env: {}, cwd: "/", stdin: null });
+    try {
+      expect(linuxProcessOps.killGroup(child.pid, "SIGTERM")).toBe(true);
+      expect(await child.exited).toEqual({ exitCode: null, signal: "SIGTERM" });
+      await eventually(() => !linuxProcessOps.killGroup(child.pid, "SIGKILL"), 5_000);
+      expect(linuxProcessOps.killGroup(0, "SIGKILL")).toBe(false);
+      expect(linuxProcessOps.killGroup(1, "SIGKILL")).toBe(false);
+    } finally {
+      child.stdout.close();
+      child.stderr.close();
+    }
+  });
 
   test("a child whose exit promise rejects still yields a result", async () => {
     const empty = () => ({ stream: () => new ReadableStream<Uint8Array>({ start: (c) => c.close() }), close: () => {} });

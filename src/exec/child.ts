@@ -100,17 +100,6 @@ export function exitOf(proc: Subprocess): Promise<ChildExit> {
   );
 }
 
-/** kill(-pgid, signal): the whole process group of a detached child. */
-export function killProcessGroup(pgid: number, signal: string): boolean {
-  if (!Number.isInteger(pgid) || pgid <= 1) return false; // Never kill(-1) or kill(0).
-  try {
-    process.kill(-pgid, signal as NodeJS.Signals);
-    return true;
-  } catch {
-    return false; // ESRCH: the group is gone.
-  }
-}
-
 /** Turns one stream's bytes into UTF-8 as they arrive (Windows code pages); `end` flushes a split character. */
 export interface Transcoder {
   push(chunk: Uint8Array): Uint8Array;

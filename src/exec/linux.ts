@@ -12,7 +12,8 @@
 import { closeSync, readSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, libc, LibcError } from "../platform/linux/libc.ts";
-import { exitOf, killProcessGroup, spawnDetached, type OutputPipe, type ProcessOps } from "./child.ts";
+import { constants } from "node:os";
+import { exitOf, spawnDetached, type OutputPipe, type ProcessOps } from "./child.ts";
 
 const O_CLOEXEC = 0o2000000;
 const O_NONBLOCK = 0o4000;
@@ -70,6 +71,19 @@ function openPipe(): { read: number; write: number } {
     throw new LibcError("fcntl", code);
   }
   return { read, write };
+}
+
+/**
+ * kill(-pgid, signal): the whole process group of a detached child. Through
+ * libc, not process.kill: it runs after every exit, when the group is usually
+ * gone already, and process.kill throws for that (ESRCH), which in the TCG
+ * guest cost more than the kill.
+ */
+export function killProcessGroup(pgid: number, signal: string): boolean {
+  if (!Number.isInteger(pgid) || pgid <= 1) return false; // Never kill(-1) or kill(0).
+  const number = constants.signals[signal as keyof typeof constants.signals];
+  if (number === undefined) throw new Error(`unknown signal ${signal}`);
+  return libc().kill(-pgid, number) === 0; // -1: ESRCH, the group is gone.
 }
 
 function closeFds(...fds: number[]): void {

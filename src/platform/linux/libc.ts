@@ -1,7 +1,8 @@
 /**
  * The few libc calls Bun has no API for (AF_VSOCK sockets, fcntl flags, poll,
- * pipes, termios, the directory-fd *at calls and the openat2 syscall), opened once on
- * first use through bun:ffi.
+ * pipes, termios, the directory-fd *at calls and the openat2 syscall), and
+ * kill, whose Bun form throws when the process is gone; opened once on first
+ * use through bun:ffi.
  */
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
 import { constants } from "node:os";
@@ -18,6 +19,7 @@ function open() {
     fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     pipe2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
     poll: { args: [FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+    kill: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
     settimeofday: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
     clock_gettime: { args: [FFIType.i32, FFIType.ptr], returns: FFIType.i32 },
     ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
