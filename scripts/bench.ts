@@ -142,8 +142,12 @@ function execCase(scale: Scale, name: string): Case<LatencySample> {
   };
 }
 
-/** Round trips per side in the file case: one run of either agent moved by as much as 2x between bench runs on this machine. */
-const FILE_REPEATS = 3;
+/**
+ * Round trips per side in the file case: one run of either agent moved by as much as 2x between bench runs on this
+ * machine, and within one run the rounds of one side spread by a third (in the VM, reads of 17.9-22.2 MiB/s for ours
+ * and 7.4-10.5 for qemu-ga's in one run), so the median of three was still one slow round away from another figure.
+ */
+const FILE_REPEATS = 5;
 /**
  * An untimed round trip of this size per side first, as the sequential cases warm up: each agent's first transfer
  * paid for its JIT and for growing its memory to a transfer's working set (ours: 64 MiB writes at 85-90 MiB/s
