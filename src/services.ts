@@ -74,7 +74,7 @@ export interface GuestService {
   getMemoryBlocks(): Result<"get_memory_blocks">;
   getMemoryBlockInfo(): Result<"get_memory_block_info">;
   setMemoryBlocks(params: Params<"set_memory_blocks">): Result<"set_memory_blocks">;
-  fstrim(params: Params<"fstrim">): Result<"fstrim">;
+  fstrim(params: Params<"fstrim">): Promise<Result<"fstrim">>;
   /** Replies before the guest suspends. */
   suspend(params: Params<"suspend">): Promise<Result<"suspend">>;
   setUserPassword(params: Params<"set_user_password">): Promise<Result<"set_user_password">>;

@@ -140,7 +140,7 @@ export class LinuxGuest implements GuestService {
     return { results: guestSetMemoryBlocks(params.blocks) };
   }
 
-  fstrim(params: Params<"fstrim">): Result<"fstrim"> {
+  fstrim(params: Params<"fstrim">): Promise<Result<"fstrim">> {
     return guestFstrim(params.minimum);
   }
 

@@ -28,6 +28,7 @@
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { deviceRemovalWatch, type DeviceRemovalWatch } from "./device-removal.ts";
+import { workerUrl } from "../../runtime/worker-url.ts";
 import type { PortDevice } from "./virtio-serial.ts";
 
 const GENERIC_READ = 0x80000000;
@@ -211,16 +212,6 @@ function kernel32(): ReturnType<typeof openKernel32> {
   return (kernel32Symbols ??= openKernel32());
 }
 
-/**
- * The worker's module: beside this file in the source tree; in the compiled
- * exe, where the build embeds it (an entry point of its own, scripts/build.ts)
- * under the bundle's root, which is src/ — the bundler does not rewrite the path.
- */
-function eventWaitWorkerUrl(): URL {
-  const compiled = import.meta.url.includes("/~BUN/") || import.meta.url.includes("/%7EBUN/") || import.meta.url.includes("/$bunfs/");
-  return compiled ? new URL("./transport/virtio-serial/event-wait-worker.js", import.meta.url) : new URL("./event-wait-worker.ts", import.meta.url);
-}
-
 /** Opens `path` for overlapped I/O with the read timeouts a serial port needs (best-effort). */
 export function openOverlapped(path: string): PortHandle {
   const k = kernel32();
@@ -264,7 +255,7 @@ class OverlappedHandle implements PortHandle {
     // Kept referenced: it is what keeps the event loop waiting for the port (measured under Wine, an event
     // loop with nothing referenced spins at most of a CPU instead of sleeping).
     try {
-      this.waiter = new Worker(eventWaitWorkerUrl());
+      this.waiter = new Worker(workerUrl("transport/virtio-serial/event-wait-worker"));
     } catch (error) {
       this.k.CloseHandle(this.readEvent);
       this.k.CloseHandle(this.writeEvent);
