@@ -44,7 +44,7 @@ export async function build(target: string): Promise<string> {
       `--target=${spec.bunTarget}`,
       join(ROOT, "src/main.ts"),
       join(ROOT, "src/transport/virtio-serial/event-wait-worker.ts"),
-      join(ROOT, "src/guest/fstrim-worker.ts"),
+      join(ROOT, "src/runtime/blocking-worker.ts"),
       "--outfile",
       outfile,
     ],

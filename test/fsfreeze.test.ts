@@ -20,7 +20,7 @@ function fakeOps(mounts: string[], options: { fail?: string; unsupported?: strin
   const frozen = new Set<string>();
   const ops: FreezeOps = {
     mounts: () => [...mounts],
-    freeze(mountpoint) {
+    async freeze(mountpoint) {
       calls.push(`freeze ${mountpoint}`);
       if (mountpoint === options.fail) throw new RpcError("OPERATION_FAILED", `failed to freeze ${mountpoint}: Input/output error`);
       if (options.unsupported?.includes(mountpoint)) return false;

@@ -28,8 +28,11 @@ export interface Holdable {
 export interface FreezeOps {
   /** Mountpoints of block-backed filesystems, in mount order. */
   mounts(): string[];
-  /** FIFREEZE: true when frozen, false when the filesystem cannot be (EOPNOTSUPP) or is already (EBUSY); throws otherwise. */
-  freeze(mountpoint: string): boolean;
+  /**
+   * FIFREEZE: true when frozen, false when the filesystem cannot be (EOPNOTSUPP) or is already (EBUSY); rejects
+   * otherwise. Asynchronous: it waits for the filesystem's writers, and the agent goes on answering meanwhile.
+   */
+  freeze(mountpoint: string): Promise<boolean>;
   /** FITHAW until it fails: true when at least one call thawed. */
   thaw(mountpoint: string): boolean;
 }
@@ -91,7 +94,7 @@ export class FsFreeze {
       try {
         for (const mountpoint of mounts.toReversed()) {
           if (mountpoints && !mountpoints.includes(mountpoint)) continue;
-          if (this.ops.freeze(mountpoint)) count++;
+          if (await this.ops.freeze(mountpoint)) count++;
         }
       } catch (error) {
         await this.thawAll().catch((thawError) => this.logger.error("thaw after a failed freeze failed", { error: String(thawError) }));

@@ -1,36 +1,25 @@
-/** FIFREEZE / FITHAW through bun:ffi on the mounts qemu-ga would freeze (block-backed, as guest-fstrim trims). */
+/**
+ * FIFREEZE / FITHAW through bun:ffi on the mounts qemu-ga would freeze
+ * (block-backed, as guest-fstrim trims). FIFREEZE waits for the filesystem's
+ * writers to finish, so it runs on the blocking-calls worker (fifreeze.ts);
+ * FITHAW returns at once, and runs here.
+ */
 import { closeSync, openSync } from "node:fs";
-import { constants } from "node:os";
-import { errno, errnoName, libc } from "../platform/linux/libc.ts";
+import { libc } from "../platform/linux/libc.ts";
 import { RpcError } from "../protocol/errors.ts";
-import { strerror, strerrorOf } from "../guest/errors.ts";
 import { blockMounts } from "../guest/inventory.ts";
+import { runBlocking } from "../runtime/blocking-calls.ts";
 import type { FreezeOps } from "./fsfreeze.ts";
 
-/** _IOWR('X', 119, int) and _IOWR('X', 120, int). */
-const FIFREEZE = 0xc0045877;
+/** _IOWR('X', 120, int) */
 const FITHAW = 0xc0045878;
-
-function openMount(mountpoint: string): number {
-  try {
-    return openSync(mountpoint, "r");
-  } catch (error) {
-    throw new RpcError("OPERATION_FAILED", `failed to open ${mountpoint}: ${strerror(error)}`);
-  }
-}
 
 export const linuxFreezeOps: FreezeOps = {
   mounts: () => blockMounts().map((mount) => mount.mountpoint),
-  freeze(mountpoint) {
-    const fd = openMount(mountpoint);
-    try {
-      if (libc().ioctl(fd, FIFREEZE, null) === 0) return true;
-      const code = errno();
-      if (code === constants.errno.EOPNOTSUPP || code === constants.errno.EBUSY) return false;
-      throw new RpcError("OPERATION_FAILED", `failed to freeze ${mountpoint}: ${strerrorOf(errnoName(code))}`);
-    } finally {
-      closeSync(fd);
-    }
+  async freeze(mountpoint) {
+    const outcome = await runBlocking("fifreeze", { mountpoint });
+    if ("error" in outcome) throw new RpcError("OPERATION_FAILED", outcome.error);
+    return outcome.frozen;
   },
   thaw(mountpoint) {
     let fd: number;

@@ -1,4 +1,4 @@
-/** FITRIM on one mounted filesystem, as qemu-ga reports it; run on fstrim.ts's worker thread. */
+/** FITRIM on one mounted filesystem, as qemu-ga reports it; run on the blocking-calls worker (fstrim.ts). */
 import { closeSync, openSync } from "node:fs";
 import { ptr } from "bun:ffi";
 import { errno, errnoName, libc } from "../platform/linux/libc.ts";
