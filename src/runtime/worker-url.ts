@@ -1,6 +1,6 @@
 /**
  * A worker module's URL, from its path under src/ without the extension
- * ("guest/fstrim-worker"). In the source tree that is the .ts file; in the
+ * ("runtime/blocking-worker"). In the source tree that is the .ts file; in the
  * compiled executable the build embeds each worker (an entry point of its
  * own, scripts/build.ts) under the bundle's root, src/, as .js, and every
  * module's import.meta.url is the bundle's, so the path is taken from there
