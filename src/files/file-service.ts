@@ -12,7 +12,7 @@
  */
 import { edenGC } from "bun:jsc";
 import { createHash, randomBytes, type Hash } from "node:crypto";
-import { closeSync, promises as fsp, type Stats } from "node:fs";
+import { closeSync, fstatSync, promises as fsp, type Stats } from "node:fs";
 import { tmpdir } from "node:os";
 import { posix } from "node:path";
 import type { AgentConfig } from "../config/schema.ts";
@@ -158,7 +158,9 @@ export class FileManager implements FileService {
     // O_NONBLOCK: a FIFO cannot make open() hang; fstat below refuses it.
     const handle = new FdHandle((await this.policy.open(params.path, O_RDONLY | O_NONBLOCK, 0, true)).fd);
     try {
-      const stat = await handle.stat();
+      // fstat and close of a regular file never wait on the disk: called in place, not through the
+      // thread pool (each round trip there costs about 0.5 ms in a TCG guest).
+      const stat = fstatSync(handle.fd);
       if (!stat.isFile()) throw notRegular(params.path, stat);
       refuseHardlinked(params.path, stat);
       const size = stat.size;
@@ -177,7 +179,7 @@ export class FileManager implements FileService {
     } catch (error) {
       throw osError(error, `cannot read '${params.path}'`, params.path);
     } finally {
-      await handle.close();
+      closeSync(handle.fd);
     }
   }
 
