@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { allocatorStep, PURGE_DELAY_VARIABLE, RESTARTED_VARIABLE } from "../src/runtime/allocator.ts";
+import { allocatorStep, movesBulkData, PURGE_DELAY_VARIABLE, RESTARTED_VARIABLE } from "../src/runtime/allocator.ts";
+import { METHOD_NAMES } from "../src/schema/methods.ts";
 
 describe("allocatorStep", () => {
   test("a first start restarts with the purge delay and the marker, keeping the rest of the environment", () => {
@@ -21,5 +22,19 @@ describe("allocatorStep", () => {
     expect(allocatorStep({ [RESTARTED_VARIABLE]: "-1" }, "1000")).toEqual({
       restartWith: { [RESTARTED_VARIABLE]: "1000", [PURGE_DELAY_VARIABLE]: "1000" },
     });
+  });
+});
+
+describe("movesBulkData: which runs start again for the purge delay", () => {
+  test("the agent, with or without options, and as qemu-ga", () => {
+    expect(movesBulkData([])).toBe(true);
+    expect(movesBulkData(["--transport", "unix-listen", "--path", "/run/s"])).toBe(true);
+    expect(movesBulkData(["-m", "virtio-serial", "-p", "/dev/virtio-ports/org.qemu.guest_agent.0"])).toBe(true);
+  });
+
+  test("push and pull, and no other host command", () => {
+    expect(movesBulkData(["push", "a.iso", "/tmp/a.iso", "--socket", "/run/s"])).toBe(true);
+    expect(movesBulkData(["pull", "/tmp/a.iso", "a.iso", "--socket", "/run/s"])).toBe(true);
+    for (const verb of ["call", "methods", ...METHOD_NAMES]) expect([verb, movesBulkData([verb, "--socket", "/run/s"])]).toEqual([verb, false]);
   });
 });

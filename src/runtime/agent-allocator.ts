@@ -1,4 +1,4 @@
 /** Imported first by main.ts, for its side effect: see allocator.ts. */
-import { AGENT_PURGE_DELAY_MS, runWithPurgeDelay } from "./allocator.ts";
+import { AGENT_PURGE_DELAY_MS, movesBulkData, runWithPurgeDelay } from "./allocator.ts";
 
-runWithPurgeDelay(AGENT_PURGE_DELAY_MS);
+if (movesBulkData(process.argv.slice(2))) runWithPurgeDelay(AGENT_PURGE_DELAY_MS);

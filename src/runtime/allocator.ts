@@ -24,7 +24,7 @@ import { readFileSync } from "node:fs";
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 export const PURGE_DELAY_VARIABLE = "MIMALLOC_PURGE_DELAY";
-/** The agent's and CLI's purge delay, in ms. */
+/** The purge delay of the agent and of the CLI's push and pull, in ms. */
 export const AGENT_PURGE_DELAY_MS = "1000";
 /** Set across the execve, so the restarted process knows the variable is ours and does not start again. */
 export const RESTARTED_VARIABLE = "KVM_MANAGER_AGENT_ALLOCATOR_SET";
@@ -42,6 +42,18 @@ export function allocatorStep(env: Record<string, string | undefined>, delayMs: 
   restartWith[PURGE_DELAY_VARIABLE] = delayMs;
   restartWith[RESTARTED_VARIABLE] = delayMs;
   return { restartWith };
+}
+
+/**
+ * Whether a run with these arguments (main.ts's, without the executable) is
+ * worth the second start, about 45 ms here: the agent, whose options all start
+ * with "-" (qemu-ga's too), and push / pull, which move a file chunk by chunk.
+ * A one-shot host command (ping, a single copy_from_guest, methods) frees no
+ * buffer it would allocate again, so it starts once.
+ */
+export function movesBulkData(args: readonly string[]): boolean {
+  const verb = args[0];
+  return verb === undefined || verb.startsWith("-") || verb === "push" || verb === "pull";
 }
 
 /** Makes this process run with mimalloc's purge delay at `delayMs` (-1: never purge), restarting it once if need be. */

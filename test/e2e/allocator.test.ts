@@ -1,13 +1,14 @@
 /**
  * The compiled agent starts itself again with mimalloc's purge delay set
  * (src/runtime/allocator.ts): same pid, same arguments, the variable in the
- * environment it runs with, and an operator's own value left alone.
+ * environment it runs with, and an operator's own value left alone. A
+ * one-shot host command starts once.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { AGENT_PURGE_DELAY_MS, PURGE_DELAY_VARIABLE, RESTARTED_VARIABLE } from "../../src/runtime/allocator.ts";
-import { connectClient, makeTempDir, runBinary, startAgentProcess, writeConfig, STOP_HOOK_TIMEOUT_MS, type AgentProcess } from "../helpers/agent-process.ts";
+import { BINARY, connectClient, ensureBinary, eventually, makeTempDir, runBinary, startAgentProcess, writeConfig, STOP_HOOK_TIMEOUT_MS, type AgentProcess } from "../helpers/agent-process.ts";
 
 const agents: AgentProcess[] = [];
 const dirs: string[] = [];
@@ -43,6 +44,27 @@ describe("allocator purge delay", () => {
     const environ = environOf(agent.pid);
     expect(environ.get(PURGE_DELAY_VARIABLE)).toBe("250");
     expect(environ.has(RESTARTED_VARIABLE)).toBe(false);
+  });
+
+  test("a one-shot host command runs as it was started, without the delay", async () => {
+    await ensureBinary();
+    const dir = makeTempDir();
+    dirs.push(dir);
+    const path = join(dir, "silent.sock");
+    let connected = false;
+    // Accepts and never answers, so the command is still waiting when its environment is read.
+    const silent = Bun.listen({ unix: path, socket: { open: () => void (connected = true), data: () => {} } });
+    const command = Bun.spawn([BINARY, "ping", "--socket", path, "--timeout", "20000"], { stdout: "ignore", stderr: "ignore" });
+    try {
+      await eventually(() => connected || null, 10_000);
+      const environ = environOf(command.pid);
+      expect(environ.has(PURGE_DELAY_VARIABLE)).toBe(false);
+      expect(environ.has(RESTARTED_VARIABLE)).toBe(false);
+    } finally {
+      command.kill();
+      await command.exited;
+      silent.stop(true);
+    }
   });
 
   test("arguments with spaces and UTF-8 reach the restarted process byte for byte", async () => {
