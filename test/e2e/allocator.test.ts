@@ -54,7 +54,8 @@ describe("allocator purge delay", () => {
     let connected = false;
     // Accepts and never answers, so the command is still waiting when its environment is read.
     const silent = Bun.listen({ unix: path, socket: { open: () => void (connected = true), data: () => {} } });
-    const command = Bun.spawn([BINARY, "ping", "--socket", path, "--timeout", "20000"], { stdout: "ignore", stderr: "ignore" });
+    const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => name !== PURGE_DELAY_VARIABLE && name !== RESTARTED_VARIABLE));
+    const command = Bun.spawn([BINARY, "ping", "--socket", path, "--timeout", "20000"], { env, stdout: "ignore", stderr: "ignore" });
     try {
       await eventually(() => connected || null, 10_000);
       const environ = environOf(command.pid);
