@@ -58,8 +58,9 @@ const GUEST_CONFIG_HMAC = GUEST_CONFIG.replace("[security]\n", `[security]\nhmac
 export const GUEST_VSOCK_PORT = 9100;
 
 /**
- * Starts qemu-ga on its port, a second agent of ours on vsock-listen, and our
- * agent on its virtio-serial port, as a distribution's units would.
+ * Starts qemu-ga on its port, a second agent of ours on vsock-listen (unless
+ * kma_no_vsock_agent is on the kernel command line), and our agent on its
+ * virtio-serial port, as a distribution's units would.
  */
 const GUEST_RUN = `#!/bin/sh
 mkdir -p /run/qga
@@ -76,7 +77,9 @@ if grep -qw kma_qga /proc/cmdline; then
 elif [ -x /usr/sbin/qemu-ga ]; then
   /usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/${QGA_PORT} -t /run/qga -f /run/qga/qemu-ga.pid -l /tmp/qemu-ga.log &
 fi
-/usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml --transport vsock-listen --vsock-port ${GUEST_VSOCK_PORT} --log-level warn &
+if ! grep -qw kma_no_vsock_agent /proc/cmdline; then
+  /usr/bin/kvm-manager-agent --config /etc/kvm-manager-agent/config.toml --transport vsock-listen --vsock-port ${GUEST_VSOCK_PORT} --log-level warn &
+fi
 exec /usr/bin/kvm-manager-agent --config $config "$@"
 `;
 
