@@ -15,7 +15,8 @@ import { HOST_USAGE, hostMethod, listMethods, runHostCommand } from "./cli/host.
 import { dumpQemuGaConf, invokedAsQemuGa, parseQemuGaArgs, QEMU_GA_USAGE, qemuGaConfig } from "./cli/qemu-ga.ts";
 import { runSelfTest } from "./cli/self-test.ts";
 import { runWindowsServiceCommand } from "./service/command.ts";
-import { isTransferVerb, runTransferCommand } from "./cli/transfer.ts";
+import { runTransferCommand } from "./cli/transfer.ts";
+import { hostVerbOf, isTransferVerb } from "./cli/verbs.ts";
 import { ConfigError, loadConfig } from "./config/load.ts";
 import { DEFAULT_CONFIG_PATH, DEFAULT_VIRTIO_PORT } from "./config/schema.ts";
 import { createHoldableLogger, type Logger } from "./log/logger.ts";
@@ -45,8 +46,8 @@ const AGENT_USAGE = `Usage: kvm-manager-agent [options]       run the guest agen
 
 async function main(argv: string[]): Promise<number> {
   if (invokedAsQemuGa(process.argv0)) return runAsQemuGa(argv);
-  const verb = argv[0];
-  if (verb !== undefined && !verb.startsWith("-")) {
+  const verb = hostVerbOf(argv);
+  if (verb !== undefined) {
     if (verb === "methods") {
       console.log(listMethods());
       return 0;

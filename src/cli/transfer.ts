@@ -14,10 +14,6 @@ export const TRANSFER_USAGE = `  kvm-manager-agent push LOCAL GUEST --socket PAT
   kvm-manager-agent pull GUEST LOCAL --socket PATH [--quiet]
                   copy a whole file to / from the guest (chunked, SHA-256 checked); progress on stderr`;
 
-export function isTransferVerb(verb: string): verb is "push" | "pull" {
-  return verb === "push" || verb === "pull";
-}
-
 export interface TransferIo {
   out?: (line: string) => void;
   /** Raw stderr writes (progress uses "\r" on a terminal). */

@@ -20,6 +20,7 @@
  * process is replaced.
  */
 import { readFileSync } from "node:fs";
+import { hostVerbOf, isTransferVerb } from "../cli/verbs.ts";
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -52,8 +53,8 @@ export function allocatorStep(env: Record<string, string | undefined>, delayMs: 
  * buffer it would allocate again, so it starts once.
  */
 export function movesBulkData(args: readonly string[]): boolean {
-  const verb = args[0];
-  return verb === undefined || verb.startsWith("-") || verb === "push" || verb === "pull";
+  const verb = hostVerbOf(args);
+  return verb === undefined || isTransferVerb(verb);
 }
 
 /** Makes this process run with mimalloc's purge delay at `delayMs` (-1: never purge), restarting it once if need be. */
